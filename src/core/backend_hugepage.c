@@ -1,0 +1,850 @@
+/* hugepage backend: physically contiguous blocks carved (TLSF) out of regions
+ * of hugetlb pages whose physical addresses come from /proc/self/pagemap.
+ * Works on any Linux with reserved huge pages, as root or with CAP_SYS_ADMIN. */
+#define _GNU_SOURCE
+#define _FILE_OFFSET_BITS 64 /* memfd offsets exceed 2 GiB with 1 GiB pages */
+#include "cache.h"
+#include "pa.h"
+#include "pagemap.h"
+#include "tlsf.h"
+
+#include <ctype.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#ifndef MFD_HUGE_SHIFT
+#define MFD_HUGE_SHIFT 26
+#endif
+#ifndef FALLOC_FL_KEEP_SIZE
+#define FALLOC_FL_KEEP_SIZE 0x01
+#endif
+#ifndef FALLOC_FL_PUNCH_HOLE
+#define FALLOC_FL_PUNCH_HOLE 0x02
+#endif
+
+/* Whether device DMA snoops the CPU caches by default: true on x86; on ARM
+ * (Zynq, ZynqMP HP ports) it does not, so blocks need cache maintenance. */
+#if defined(__x86_64__) || defined(__i386__)
+#define PA_HUGE_SNOOPED true
+#else
+#define PA_HUGE_SNOOPED false
+#endif
+
+#define PA_HUGE_SYSFS "/sys/kernel/mm/hugepages"
+#define PA_HUGE_DEFAULT_PAGE ((size_t)2 << 20)
+#define PA_HUGE_CAP_SYS_ADMIN 21
+
+/* One mapping of k huge pages, verified physically contiguous. */
+typedef struct pa_huge_region {
+    char *cpu;
+    size_t len;     /* whole huge pages */
+    uint64_t phys;  /* physical address of cpu[0] */
+    pa_tlsf *tlsf;  /* offsets [0, len) */
+    size_t live;    /* blocks handed out */
+    size_t touched; /* offsets at or above this were never handed out: still zero */
+} pa_huge_region;
+
+typedef struct pa_huge {
+    size_t page;     /* huge page size */
+    unsigned shift;  /* log2(page) */
+    char name[24];   /* page size for messages: "2M", "1G" */
+    pa_huge_region **regions;
+    size_t nregions, cap;
+} pa_huge;
+
+/* a page of the memfd being searched for a contiguous run */
+typedef struct pa_huge_frame {
+    uint64_t phys;
+    size_t index; /* page index in the memfd */
+} pa_huge_frame;
+
+static void pa_huge_fmt_size(char *out, size_t outlen, uint64_t size)
+{
+    static const char units[] = "KMGT";
+    int u = -1;
+    while (size >= 1024 && size % 1024 == 0 && u < 3) {
+        size /= 1024;
+        u++;
+    }
+    if (u < 0) {
+        snprintf(out, outlen, "%lluB", (unsigned long long)size);
+    } else {
+        snprintf(out, outlen, "%llu%c", (unsigned long long)size, units[u]);
+    }
+}
+
+/* what to tell the user when there are not enough huge pages of this size */
+static void pa_huge_hint(char *out, size_t outlen, size_t page)
+{
+    char name[24];
+    pa_huge_fmt_size(name, sizeof(name), page);
+    if (page == PA_HUGE_DEFAULT_PAGE) {
+        snprintf(out, outlen,
+                 "reserve huge pages: echo 64 > /proc/sys/vm/nr_hugepages (as root), or "
+                 "hugepages=N on the kernel command line");
+    } else {
+        snprintf(out, outlen,
+                 "reserve huge pages: echo N > " PA_HUGE_SYSFS "/hugepages-%zukB/nr_hugepages "
+                 "(as root; may fail once memory is fragmented), or hugepagesz=%s hugepages=N "
+                 "on the kernel command line",
+                 page / 1024, name);
+    }
+}
+
+/* "2M, 1G" from the directories in /sys/kernel/mm/hugepages; smallest in *min */
+static void pa_huge_sizes(char *out, size_t outlen, size_t *min)
+{
+    char path[512];
+    out[0] = '\0';
+    if (min != NULL) {
+        *min = 0;
+    }
+    if (pa_path(path, sizeof(path), PA_HUGE_SYSFS) < 0) {
+        return;
+    }
+    DIR *d = opendir(path);
+    if (d == NULL) {
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        unsigned long long kb;
+        char name[24];
+        if (sscanf(de->d_name, "hugepages-%llukB", &kb) != 1 || kb == 0 || kb > SIZE_MAX / 1024) {
+            continue;
+        }
+        size_t sz = (size_t)kb * 1024;
+        if (min != NULL && (*min == 0 || sz < *min)) {
+            *min = sz;
+        }
+        pa_huge_fmt_size(name, sizeof(name), sz);
+        size_t used = strlen(out);
+        snprintf(out + used, outlen - used, "%s%s", used ? ", " : "", name);
+    }
+    closedir(d);
+}
+
+static int pa_huge_read_u64(size_t page, const char *attr, uint64_t *out, pa_err *err)
+{
+    char rel[128], path[512], buf[64];
+    snprintf(rel, sizeof(rel), PA_HUGE_SYSFS "/hugepages-%zukB/%s", page / 1024, attr);
+    if (pa_path(path, sizeof(path), rel) < 0) {
+        return pa_seterr(err, ENAMETOOLONG, "the path of %s is too long; check PYNQ_ALLOC_SYSROOT",
+                         rel);
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        int e = errno;
+        return pa_seterr(err, e, "open(%s) failed: %s; is hugetlbfs support in this kernel?", path,
+                         strerror(e));
+    }
+    ssize_t n;
+    do {
+        n = read(fd, buf, sizeof(buf) - 1);
+    } while (n < 0 && errno == EINTR);
+    int e = errno;
+    close(fd);
+    if (n < 0) {
+        return pa_seterr(err, e, "read(%s) failed: %s", path, strerror(e));
+    }
+    buf[n] = '\0';
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(buf, &end, 10);
+    if (errno != 0 || end == buf) {
+        return pa_seterr(err, EINVAL, "%s holds '%s', not a number", path, buf);
+    }
+    *out = (uint64_t)v;
+    return 0;
+}
+
+/* huge pages of this size another mapping could get now: free minus those
+ * reserved by other processes' mappings, plus what overcommit still allows */
+static int pa_huge_available(size_t page, uint64_t *avail, uint64_t *nr, pa_err *err)
+{
+    uint64_t total, freep, resv, over = 0, surplus = 0;
+    int rc = pa_huge_read_u64(page, "nr_hugepages", &total, err);
+    if (rc == 0) {
+        rc = pa_huge_read_u64(page, "free_hugepages", &freep, err);
+    }
+    if (rc == 0) {
+        rc = pa_huge_read_u64(page, "resv_hugepages", &resv, err);
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    /* absent for gigantic pages on some kernels: no overcommit then */
+    if (pa_huge_read_u64(page, "nr_overcommit_hugepages", &over, NULL) < 0 ||
+        pa_huge_read_u64(page, "surplus_hugepages", &surplus, NULL) < 0) {
+        over = surplus = 0;
+    }
+    *avail = (freep > resv ? freep - resv : 0) + (over > surplus ? over - surplus : 0);
+    if (nr != NULL) {
+        *nr = total + over;
+    }
+    return 0;
+}
+
+/* "2M", "2MiB", "1G", "2048k", "0x200000" */
+static int pa_huge_parse_size(const char *v, size_t *out, pa_err *err)
+{
+    char *end;
+    errno = 0;
+    unsigned long long x = strtoull(v, &end, 0);
+    if (errno != 0 || end == v || strchr(v, '-') != NULL) {
+        goto bad;
+    }
+    static const char units[] = "kmg";
+    unsigned shift = 0;
+    const char *u = *end != '\0' ? strchr(units, tolower((unsigned char)*end)) : NULL;
+    if (u != NULL) {
+        shift = 10 * (unsigned)(u - units + 1);
+        end++;
+    }
+    if (shift != 0 && (strcmp(end, "iB") == 0 || strcmp(end, "B") == 0)) {
+        end += strlen(end);
+    }
+    if (*end != '\0' || x == 0 || x > (unsigned long long)(SIZE_MAX >> shift)) {
+        goto bad;
+    }
+    x <<= shift;
+    if ((x & (x - 1)) != 0) {
+        goto bad;
+    }
+    *out = (size_t)x;
+    return 0;
+bad:
+    return pa_seterr(err, EINVAL,
+                     "option page_size=%s is not a huge page size (a power of two such as 2M "
+                     "or 1G)",
+                     v);
+}
+
+static bool pa_huge_privileged(void)
+{
+    if (geteuid() == 0) {
+        return true;
+    }
+    char path[512], line[256];
+    bool yes = false;
+    if (pa_path(path, sizeof(path), "/proc/self/status") < 0) {
+        return false;
+    }
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        return false;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long long caps;
+        if (sscanf(line, "CapEff: %llx", &caps) == 1) {
+            yes = (caps >> PA_HUGE_CAP_SYS_ADMIN) & 1;
+            break;
+        }
+    }
+    fclose(f);
+    return yes;
+}
+
+/* the page size to use when none is asked for: 2M if the kernel has it,
+ * else its smallest huge page size */
+static int pa_huge_default_page(size_t *page, pa_err *err)
+{
+    char rel[128], path[512], sizes[128];
+    snprintf(rel, sizeof(rel), PA_HUGE_SYSFS "/hugepages-%zukB", PA_HUGE_DEFAULT_PAGE / 1024);
+    if (pa_path(path, sizeof(path), rel) == 0 && access(path, F_OK) == 0) {
+        *page = PA_HUGE_DEFAULT_PAGE;
+        return 0;
+    }
+    pa_huge_sizes(sizes, sizeof(sizes), page);
+    if (*page == 0) {
+        return pa_seterr(err, ENOTSUP,
+                         "this kernel has no huge page support (" PA_HUGE_SYSFS " is missing); "
+                         "the hugepage backend needs CONFIG_HUGETLBFS");
+    }
+    return 0;
+}
+
+/* the pool is usable: huge pages of this size exist and some are free */
+static int pa_huge_check_pool(size_t page, pa_err *err)
+{
+    char name[24], hint[256], sizes[128];
+    uint64_t avail, nr;
+    pa_huge_fmt_size(name, sizeof(name), page);
+    pa_huge_hint(hint, sizeof(hint), page);
+    int rc = pa_huge_available(page, &avail, &nr, err);
+    if (rc == -ENOENT) {
+        pa_huge_sizes(sizes, sizeof(sizes), NULL);
+        return pa_seterr(err, ENOTSUP,
+                         "this kernel has no %s huge pages (sizes it has: %s); choose one with the "
+                         "page_size option",
+                         name, sizes[0] ? sizes : "none");
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    if (nr == 0) {
+        return pa_seterr(err, ENOMEM, "no %s huge pages are reserved; %s", name, hint);
+    }
+    if (avail == 0) {
+        return pa_seterr(err, ENOMEM,
+                         "all %llu reserved %s huge pages are in use, none is free; %s (raise N)",
+                         (unsigned long long)nr, name, hint);
+    }
+    return 0;
+}
+
+static int pa_huge_frame_cmp(const void *a, const void *b)
+{
+    const pa_huge_frame *x = a, *y = b;
+    return x->phys < y->phys ? -1 : x->phys > y->phys;
+}
+
+/* sorts frames by physical address; true with *start when k of them are consecutive */
+static bool pa_huge_find_run(pa_huge_frame *frames, size_t n, size_t k, size_t page, size_t *start)
+{
+    qsort(frames, n, sizeof(*frames), pa_huge_frame_cmp);
+    size_t run = 0;
+    for (size_t i = 0; i < n; i++) {
+        run = (i > 0 && frames[i].phys == frames[i - 1].phys + page) ? run + 1 : 1;
+        if (run == k) {
+            *start = i + 1 - k;
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Adds pages [have, want) to the memfd and records their physical addresses
+ * in frames[have, want). -ENOSPC when the pool can't supply them. */
+static int pa_huge_grow(pa_huge *h, int fd, size_t have, size_t want, pa_huge_frame *frames,
+                        pa_err *err)
+{
+    size_t n = want - have;
+    size_t bytes = n * h->page; /* the caller bounds want * page */
+    off_t off = (off_t)have * (off_t)h->page;
+    uint64_t *phys = malloc(n * sizeof(*phys));
+    int rc;
+    if (phys == NULL) {
+        return pa_seterr(err, ENOMEM, "out of memory reading %zu huge page addresses", n);
+    }
+    if (fallocate(fd, 0, off, (off_t)bytes) < 0) {
+        int e = errno;
+        /* hugetlbfs keeps the pages it got before failing: give them back */
+        fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)bytes);
+        if (e == ENOSPC || e == ENOMEM) {
+            rc = pa_seterr(err, ENOSPC, "fallocate of %zu %s huge pages failed: %s", n, h->name,
+                           strerror(e));
+        } else {
+            rc = pa_seterr(err, e,
+                           "fallocate of %zu %s huge pages in a hugetlb memfd failed: %s; the "
+                           "hugepage backend needs hugetlbfs with fallocate (Linux >= 4.14)",
+                           n, h->name, strerror(e));
+        }
+        goto free_phys;
+    }
+    void *p = mmap(NULL, bytes, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, off);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        rc = pa_seterr(err, e, "mmap of %zu %s huge pages failed: %s; check ulimit -v", n, h->name,
+                       strerror(e));
+        goto free_phys;
+    }
+    rc = pa_pagemap_frames(p, h->page, n, phys, err);
+    munmap(p, bytes);
+    if (rc < 0) {
+        goto free_phys;
+    }
+    for (size_t i = 0; i < n; i++) {
+        frames[have + i].phys = phys[i];
+        frames[have + i].index = have + i;
+    }
+free_phys:
+    free(phys);
+    return rc;
+}
+
+/* Maps frames[0, k) (consecutive physical pages, in physical order) at one
+ * huge-page-aligned virtual range. */
+static int pa_huge_map_run(pa_huge *h, int fd, const pa_huge_frame *run, size_t k, char **out,
+                           pa_err *err)
+{
+    size_t len = k * h->page, span;
+    if (__builtin_add_overflow(len, h->page, &span)) {
+        return pa_seterr(err, ENOMEM, "%zu huge pages of %s don't fit the address space", k,
+                         h->name);
+    }
+    /* reserve address space with room to align it to the huge page size */
+    char *raw = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == MAP_FAILED) {
+        int e = errno;
+        return pa_seterr(err, e, "mmap reserving %zu bytes of address space failed: %s; check "
+                         "ulimit -v", span, strerror(e));
+    }
+    uintptr_t a = ((uintptr_t)raw + h->page - 1) & ~(uintptr_t)(h->page - 1);
+    char *base = (char *)a;
+    if (base > raw) {
+        munmap(raw, (size_t)(base - raw));
+    }
+    if (raw + span > base + len) {
+        munmap(base + len, (size_t)(raw + span - (base + len)));
+    }
+    /* the kernel hands out free huge pages in no particular order: place each
+     * stretch of consecutive memfd pages where its physical address belongs */
+    for (size_t i = 0; i < k;) {
+        size_t j = i + 1;
+        while (j < k && run[j].index == run[j - 1].index + 1) {
+            j++;
+        }
+        void *p = mmap(base + i * h->page, (j - i) * h->page, PROT_READ | PROT_WRITE,
+                       MAP_SHARED | MAP_FIXED | MAP_POPULATE, fd,
+                       (off_t)run[i].index * (off_t)h->page);
+        if (p == MAP_FAILED) {
+            int e = errno;
+            munmap(base, len);
+            return pa_seterr(err, e, "mmap of %zu %s huge pages (MAP_FIXED) failed: %s", j - i,
+                             h->name, strerror(e));
+        }
+        i = j;
+    }
+    *out = base;
+    return 0;
+}
+
+static void pa_huge_region_destroy(pa_huge_region *r)
+{
+    pa_tlsf_destroy(r->tlsf);
+    munmap(r->cpu, r->len);
+    free(r);
+}
+
+/* A region of k huge pages, physically contiguous. request (bytes) is for messages. */
+static int pa_huge_region_new(pa_huge *h, size_t k, size_t request, pa_huge_region **out,
+                              pa_err *err)
+{
+    char hint[256];
+    pa_huge_frame *frames = NULL;
+    size_t have = 0, want = k, start = 0, len;
+    uint64_t avail;
+    int rc;
+
+    pa_huge_hint(hint, sizeof(hint), h->page);
+    /* the search may map up to twice the request at once: keep that within size_t */
+    if (__builtin_mul_overflow(k, h->page, &len) || len > SIZE_MAX / 4) {
+        return pa_seterr(err, ENOMEM, "cannot allocate %zu bytes: %zu huge pages of %s don't fit "
+                         "the address space", request, k, h->name);
+    }
+    rc = pa_huge_available(h->page, &avail, NULL, err);
+    if (rc < 0) {
+        return rc;
+    }
+    if (avail < k) {
+        return pa_seterr(err, ENOMEM,
+                         "cannot allocate %zu bytes: it needs %zu %s huge pages, %llu are free; %s",
+                         request, k, h->name, (unsigned long long)avail, hint);
+    }
+    pa_huge_region *r = calloc(1, sizeof(*r));
+    if (r == NULL) {
+        return pa_seterr(err, ENOMEM, "out of memory");
+    }
+    int fd = memfd_create("pynq_alloc", MFD_CLOEXEC | MFD_HUGETLB | (h->shift << MFD_HUGE_SHIFT));
+    if (fd < 0) {
+        int e = errno;
+        rc = pa_seterr(err, e,
+                       "memfd_create(MFD_HUGETLB, %s) failed: %s; the hugepage backend needs "
+                       "Linux >= 4.14 with hugetlbfs",
+                       h->name, strerror(e));
+        goto free_region;
+    }
+    /* Consecutive huge pages are often not physically consecutive. Take k pages;
+     * if no k of them form a run, take more (doubling, up to all free pages),
+     * then keep one run and give the rest back. */
+    for (;;) {
+        pa_huge_frame *grown = realloc(frames, want * sizeof(*frames));
+        if (grown == NULL) {
+            rc = pa_seterr(err, ENOMEM, "out of memory");
+            goto close_fd;
+        }
+        frames = grown;
+        rc = pa_huge_grow(h, fd, have, want, frames, err);
+        if (rc == 0) {
+            have = want;
+            if (pa_huge_find_run(frames, have, k, h->page, &start)) {
+                break;
+            }
+            rc = pa_huge_available(h->page, &avail, NULL, err);
+            if (rc < 0) {
+                goto close_fd;
+            }
+            /* the next probe maps up to `have` pages at once: keep that within size_t */
+            size_t limit = SIZE_MAX / 2 / h->page;
+            size_t more = have < avail ? have : (size_t)avail;
+            if (more > 0 && have < limit) {
+                want = have + (more < limit - have ? more : limit - have);
+                continue;
+            }
+        } else if (rc != -ENOSPC) {
+            goto close_fd;
+        } else if (have == 0) {
+            rc = pa_seterr(err, ENOMEM,
+                           "cannot allocate %zu bytes: %zu %s huge pages are not free (another "
+                           "process took them); %s",
+                           request, k, h->name, hint);
+            goto close_fd;
+        }
+        rc = pa_seterr(err, ENOMEM,
+                       "cannot allocate %zu bytes: no %zu physically contiguous %s huge pages "
+                       "among the %zu free ones (the free huge pages are fragmented); reserve "
+                       "huge pages at boot (hugepages=N on the kernel command line), use 1 GiB "
+                       "pages (page_size=1G), or allocate smaller buffers",
+                       request, k, h->name, have);
+        goto close_fd;
+    }
+    rc = pa_huge_map_run(h, fd, frames + start, k, &r->cpu, err);
+    if (rc < 0) {
+        goto close_fd;
+    }
+    r->len = len;
+    /* give back the pages outside the run; the mapping keeps the memfd alive */
+    for (size_t i = 0; i < have; i++) {
+        if (i >= start && i < start + k) {
+            continue;
+        }
+        off_t off = (off_t)frames[i].index * (off_t)h->page;
+        if (fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)h->page) < 0) {
+            int e = errno;
+            rc = pa_seterr(err, e, "fallocate(PUNCH_HOLE) returning a huge page failed: %s",
+                           strerror(e));
+            goto unmap;
+        }
+    }
+    rc = pa_pagemap_contiguous(r->cpu, r->len, h->page, &r->phys, err);
+    if (rc != 0) {
+        if (rc > 0) {
+            char why[PA_ERR_LEN];
+            snprintf(why, sizeof(why), "%s", err != NULL ? err->msg : "");
+            rc = pa_seterr(err, EIO, "huge pages moved while being mapped (%s); try again", why);
+        }
+        goto unmap;
+    }
+    r->tlsf = pa_tlsf_create(r->len, PA_LINE);
+    if (r->tlsf == NULL) {
+        rc = pa_seterr(err, ENOMEM, "out of memory creating the allocator of a %zu-byte region",
+                       r->len);
+        goto unmap;
+    }
+    close(fd);
+    free(frames);
+    *out = r;
+    return 0;
+
+unmap:
+    munmap(r->cpu, r->len);
+close_fd:
+    close(fd);
+    free(frames);
+free_region:
+    free(r);
+    return rc;
+}
+
+static int pa_huge_add_region(pa_huge *h, pa_huge_region *r, pa_err *err)
+{
+    if (h->nregions == h->cap) {
+        size_t cap = h->cap ? 2 * h->cap : 8;
+        pa_huge_region **grown = realloc(h->regions, cap * sizeof(*grown));
+        if (grown == NULL) {
+            return pa_seterr(err, ENOMEM, "out of memory");
+        }
+        h->regions = grown;
+        h->cap = cap;
+    }
+    h->regions[h->nregions++] = r;
+    return 0;
+}
+
+static void pa_huge_remove_region(pa_huge *h, size_t i)
+{
+    pa_huge_region *r = h->regions[i];
+    h->regions[i] = h->regions[--h->nregions];
+    pa_huge_region_destroy(r);
+}
+
+/* unmaps an empty region other than keep; true if there was one */
+static bool pa_huge_drop_empty(pa_huge *h, const pa_huge_region *keep)
+{
+    for (size_t i = 0; i < h->nregions; i++) {
+        if (h->regions[i]->live == 0 && h->regions[i] != keep) {
+            pa_huge_remove_region(h, i);
+            return true;
+        }
+    }
+    return false;
+}
+
+static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts,
+                        pa_err *err)
+{
+    static const char *const known[] = {"coherent", "page_size", NULL};
+    bool coherent;
+    size_t page;
+    pa_huge_region *r;
+    int rc = pa_opt_check(opts, nopts, known, "hugepage", err);
+    if (rc < 0) {
+        return rc;
+    }
+    if (arg != NULL && arg[0] != '\0') {
+        return pa_seterr(err, EINVAL,
+                         "the hugepage backend takes no argument (got 'hugepage:%s'); choose the "
+                         "page size with the page_size option",
+                         arg);
+    }
+    rc = pa_opt_bool(opts, nopts, "coherent", PA_HUGE_SNOOPED, &coherent, err);
+    if (rc < 0) {
+        return rc;
+    }
+    const char *ps = pa_opt_get(opts, nopts, "page_size");
+    rc = ps != NULL ? pa_huge_parse_size(ps, &page, err) : pa_huge_default_page(&page, err);
+    if (rc < 0) {
+        return rc;
+    }
+    if (!coherent && !pa_cache_user_maintenance()) {
+        return pa_seterr(err, ENOTSUP,
+                         "this CPU cannot clean or invalidate its data cache from user space, so "
+                         "non-coherent hugepage memory can't be synced; use a backend with a "
+                         "kernel sync call (udmabuf, zocl, xlnk), or coherent=1 if the device "
+                         "snoops the caches");
+    }
+    rc = pa_huge_check_pool(page, err);
+    if (rc < 0) {
+        return rc;
+    }
+    pa_huge *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        return pa_seterr(err, ENOMEM, "out of memory");
+    }
+    h->page = page;
+    h->shift = (unsigned)__builtin_ctzll((unsigned long long)page);
+    pa_huge_fmt_size(h->name, sizeof(h->name), page);
+    /* map one page now: proves the pool and pagemap work (root, real frame
+     * numbers) and serves as the cached empty region */
+    rc = pa_huge_region_new(h, 1, 0, &r, err);
+    if (rc < 0) {
+        goto free_h;
+    }
+    rc = pa_huge_add_region(h, r, err);
+    if (rc < 0) {
+        goto destroy_region;
+    }
+    be->priv = h;
+    be->coherent = coherent;
+    return 0;
+
+destroy_region:
+    pa_huge_region_destroy(r);
+free_h:
+    free(h);
+    return rc;
+}
+
+static int pa_huge_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk,
+                         pa_err *err)
+{
+    pa_huge *h = be->priv;
+    pa_huge_region *r = NULL;
+    pa_tlsf_block *tb = NULL;
+    size_t off = 0, got = 0;
+    bool coherent = be->coherent;
+    int rc;
+
+    if (flags & PA_UNCACHED) {
+        if (PA_HUGE_SNOOPED) {
+            coherent = true; /* x86 DMA snoops the caches: cached memory is coherent */
+        } else if (!coherent) {
+            return pa_seterr(err, ENOTSUP,
+                             "hugepage cannot map write-combine (cacheable=False) memory; use "
+                             "udmabuf/dmaheap/zocl, or allocate cacheable and call "
+                             "flush()/invalidate()");
+        }
+    }
+    if (align > h->page) {
+        return pa_seterr(err, EINVAL,
+                         "alignment %zu is larger than the %s huge page; use page_size with a "
+                         "larger page",
+                         align, h->name);
+    }
+    for (size_t i = 0; i < h->nregions; i++) {
+        rc = pa_tlsf_alloc(h->regions[i]->tlsf, size, align, &off, &got, &tb);
+        if (rc == 0) {
+            r = h->regions[i];
+            goto found;
+        }
+        if (rc != -ENOMEM) {
+            return pa_seterr(err, -rc, "cannot allocate %zu bytes aligned to %zu: %s", size,
+                             align, strerror(-rc));
+        }
+    }
+    size_t k = size / h->page + (size % h->page != 0);
+    rc = pa_huge_region_new(h, k, size, &r, err);
+    if (rc == -ENOMEM && pa_huge_drop_empty(h, NULL)) {
+        /* the cached empty region held pages this request needs */
+        rc = pa_huge_region_new(h, k, size, &r, err);
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    rc = pa_huge_add_region(h, r, err);
+    if (rc < 0) {
+        pa_huge_region_destroy(r);
+        return rc;
+    }
+    rc = pa_tlsf_alloc(r->tlsf, size, align, &off, &got, &tb);
+    if (rc < 0) {
+        /* a fresh region of ceil(size / page) pages always fits */
+        return pa_seterr(err, -rc, "internal error: a fresh %zu-byte region refused %zu bytes",
+                         r->len, size);
+    }
+found:
+    /* hugetlb pages come zeroed from the kernel; only reused ranges need it */
+    if (off < r->touched) {
+        size_t end = off + got < r->touched ? off + got : r->touched;
+        memset(r->cpu + off, 0, end - off);
+    }
+    if (off + got > r->touched) {
+        r->touched = off + got;
+    }
+    if (!coherent) {
+        rc = pa_cache_clean(r->cpu + off, got);
+        if (rc < 0) {
+            pa_tlsf_free(r->tlsf, tb);
+            return pa_seterr(err, -rc, "cleaning the cache over a new block failed (%s): %s",
+                             pa_cache_method(), strerror(-rc));
+        }
+    }
+    r->live++;
+    blk->cpu = r->cpu + off;
+    blk->device_address = r->phys + off;
+    blk->size = got;
+    blk->coherent = coherent;
+    blk->handle = tb;
+    blk->aux = (uint64_t)(uintptr_t)r;
+    return 0;
+}
+
+static void pa_huge_free(pa_backend *be, pa_block *blk)
+{
+    pa_huge *h = be->priv;
+    pa_huge_region *r = (pa_huge_region *)(uintptr_t)blk->aux;
+    pa_tlsf_free(r->tlsf, blk->handle);
+    /* keep the most recently emptied region for the next alloc; unmap any other */
+    if (--r->live == 0) {
+        pa_huge_drop_empty(h, r);
+    }
+}
+
+static int pa_huge_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
+                        pa_sync_dir dir, pa_err *err)
+{
+    (void)be;
+    int rc;
+    if (blk->coherent) {
+        return 0;
+    }
+    if (!pa_cache_user_maintenance()) {
+        return pa_seterr(err, ENOTSUP,
+                         "this CPU cannot clean or invalidate its data cache from user space "
+                         "(32-bit ARM needs a kernel sync backend such as udmabuf)");
+    }
+    char *p = (char *)blk->cpu + off;
+    if (dir == PA_TO_DEVICE) {
+        rc = pa_cache_clean(p, len);
+    } else if (dir == PA_FROM_DEVICE) {
+        rc = pa_cache_clean_invalidate(p, len);
+    } else {
+        return pa_seterr(err, EINVAL, "unknown sync direction %d", (int)dir);
+    }
+    if (rc < 0) {
+        return pa_seterr(err, -rc, "cache maintenance (%s) failed: %s", pa_cache_method(),
+                         strerror(-rc));
+    }
+    return 0;
+}
+
+static void pa_huge_info(pa_backend *be, pa_info *info)
+{
+    pa_huge *h = be->priv;
+    uint64_t mapped = 0, used = 0, largest = 0, avail = 0;
+    for (size_t i = 0; i < h->nregions; i++) {
+        pa_tlsf_stats s;
+        pa_tlsf_get_stats(h->regions[i]->tlsf, &s);
+        mapped += h->regions[i]->len;
+        used += s.used;
+        if (s.largest_free > largest) {
+            largest = s.largest_free;
+        }
+    }
+    if (pa_huge_available(h->page, &avail, NULL, NULL) < 0) {
+        avail = 0;
+    }
+    /* free system pages are not known to be contiguous with each other */
+    if (avail > 0 && h->page > largest) {
+        largest = h->page;
+    }
+    info->total = mapped + avail * h->page;
+    info->free = info->total - used;
+    info->largest_free = largest;
+    info->coherent = be->coherent;
+    info->line_size = pa_cache_line_size();
+}
+
+static void pa_huge_close(pa_backend *be)
+{
+    pa_huge *h = be->priv;
+    if (h == NULL) {
+        return;
+    }
+    while (h->nregions > 0) {
+        pa_huge_remove_region(h, h->nregions - 1);
+    }
+    free(h->regions);
+    free(h);
+    be->priv = NULL;
+}
+
+static int pa_huge_probe(const char *arg, pa_err *why)
+{
+    size_t page;
+    if (arg != NULL && arg[0] != '\0') {
+        return pa_seterr(why, EINVAL, "the hugepage backend takes no argument (got 'hugepage:%s')",
+                         arg);
+    }
+    int rc = pa_huge_default_page(&page, why);
+    if (rc == 0) {
+        rc = pa_huge_check_pool(page, why);
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    if (!pa_huge_privileged()) {
+        return pa_seterr(why, EPERM,
+                         "physical addresses need root or CAP_SYS_ADMIN (Linux >= 4.2 hides page "
+                         "frame numbers); run as root");
+    }
+    return 0;
+}
+
+const pa_ops pa_huge_ops = {
+    .name = "hugepage",
+    .open = pa_huge_open,
+    .alloc = pa_huge_alloc,
+    .free = pa_huge_free,
+    .sync = pa_huge_sync,
+    .info = pa_huge_info,
+    .close = pa_huge_close,
+    .probe = pa_huge_probe,
+};

@@ -1,0 +1,457 @@
+/* The sim backend: a software device for development machines and CI.
+ * The CPU side is a real mapping (standing in for the CPU's caches); a second
+ * mapping is what the device sees. When non-coherent, data crosses only on
+ * flush()/invalidate(), as on a non-coherent ARM SoC; the checking mode keeps a
+ * third copy ("clean": what cache and memory last agreed on) to name mistakes. */
+#define _GNU_SOURCE
+#include "pa.h"
+#include "tlsf.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+
+enum { SIM_ALLOC = 1, SIM_COHERENT = 2, SIM_DEVWROTE = 4 };
+enum { SIM_CHECK_OFF = 0, SIM_CHECK_WARN = 1, SIM_CHECK_RAISE = 2 };
+
+/* blocks at least this large are returned to the kernel on free and zeroed by
+ * the kernel (MADV_DONTNEED) rather than memset on alloc */
+#define SIM_BIG (256u * 1024u)
+
+typedef struct pa_sim {
+    uint8_t *cpu;   /* CPU view: cache contents as the CPU sees them */
+    uint8_t *dev;   /* memory as the device sees it */
+    uint8_t *clean; /* checking mode only */
+    uint8_t *lines; /* per cache line: SIM_* flags */
+    size_t size;
+    uint64_t base;
+    int check;
+    pa_tlsf *tlsf;
+} pa_sim;
+
+static const char *const pa_sim_options[] = {"size", "base_address", "coherent", "check", NULL};
+
+static void *pa_sim_map(size_t size)
+{
+    void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                   -1, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+static void pa_sim_unmap(void *p, size_t size)
+{
+    if (p != NULL) {
+        munmap(p, size);
+    }
+}
+
+static void pa_sim_release(pa_sim *s)
+{
+    pa_sim_unmap(s->cpu, s->size);
+    pa_sim_unmap(s->dev, s->size);
+    pa_sim_unmap(s->clean, s->size);
+    pa_sim_unmap(s->lines, s->size / PA_LINE);
+    if (s->tlsf != NULL) {
+        pa_tlsf_destroy(s->tlsf);
+    }
+    free(s);
+}
+
+static int pa_sim_parse_check(const char *v, int *out, pa_err *err)
+{
+    if (v == NULL || !strcmp(v, "off") || !strcmp(v, "0") || !strcmp(v, "") ||
+        !strcmp(v, "false")) {
+        *out = SIM_CHECK_OFF;
+    } else if (!strcmp(v, "warn")) {
+        *out = SIM_CHECK_WARN;
+    } else if (!strcmp(v, "raise")) {
+        *out = SIM_CHECK_RAISE;
+    } else {
+        return pa_seterr(err, EINVAL, "sim option check='%s': use 'off', 'warn' or 'raise'", v);
+    }
+    return 0;
+}
+
+static int pa_sim_open(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts,
+                       pa_err *err)
+{
+    uint64_t size = 0, base = 0;
+    bool coherent = false;
+    int check = SIM_CHECK_OFF;
+    int rc = pa_opt_check(opts, nopts, pa_sim_options, "sim", err);
+    if (rc == 0) {
+        rc = pa_opt_u64(opts, nopts, "size", 256u << 20, &size, err);
+    }
+    if (rc == 0) {
+        rc = pa_opt_u64(opts, nopts, "base_address", 0x40000000u, &base, err);
+    }
+    if (rc == 0) {
+        rc = pa_opt_bool(opts, nopts, "coherent", false, &coherent, err);
+    }
+    if (rc == 0) {
+        rc = pa_sim_parse_check(pa_opt_get(opts, nopts, "check"), &check, err);
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    if (arg != NULL && arg[0] != '\0') {
+        return pa_seterr(err, EINVAL, "the sim backend takes no argument after 'sim:' (got '%s')",
+                         arg);
+    }
+    if (size < PA_LINE || size > (uint64_t)SIZE_MAX / 2 || size % PA_LINE != 0) {
+        return pa_seterr(err, EINVAL,
+                         "sim option size=%llu must be a multiple of %d bytes between %d and %zu",
+                         (unsigned long long)size, PA_LINE, PA_LINE, (size_t)SIZE_MAX / 2);
+    }
+    if (base % PA_LINE != 0 || base > UINT64_MAX - size) {
+        return pa_seterr(err, EINVAL,
+                         "sim option base_address=0x%llx must be %d-byte aligned and leave room "
+                         "for size=%llu bytes below 2**64",
+                         (unsigned long long)base, PA_LINE, (unsigned long long)size);
+    }
+    pa_sim *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return pa_seterr(err, ENOMEM, "out of memory opening the sim backend");
+    }
+    s->size = (size_t)size;
+    s->base = base;
+    s->check = check;
+    s->cpu = pa_sim_map(s->size);
+    s->lines = pa_sim_map(s->size / PA_LINE);
+    if (s->cpu == NULL || s->lines == NULL) {
+        goto fail_map;
+    }
+    if (!coherent) {
+        s->dev = pa_sim_map(s->size);
+        if (s->dev == NULL) {
+            goto fail_map;
+        }
+        if (check != SIM_CHECK_OFF) {
+            s->clean = pa_sim_map(s->size);
+            if (s->clean == NULL) {
+                goto fail_map;
+            }
+        }
+    }
+    s->tlsf = pa_tlsf_create(s->size, PA_LINE);
+    if (s->tlsf == NULL) {
+        pa_sim_release(s);
+        return pa_seterr(err, ENOMEM, "out of memory for the sim backend's allocator");
+    }
+    be->priv = s;
+    be->coherent = coherent;
+    return 0;
+
+fail_map:
+    rc = errno;
+    pa_sim_release(s);
+    return pa_seterr(err, rc,
+                     "sim backend: mmap of %llu bytes of address space failed: %s; "
+                     "open it with a smaller size= option",
+                     (unsigned long long)size, strerror(rc));
+}
+
+/* zero [off, off+len) of one mapping, letting the kernel do it for big ranges */
+static void pa_sim_zero(uint8_t *map, size_t off, size_t len)
+{
+    if (map == NULL) {
+        return;
+    }
+    if (len >= SIM_BIG) {
+        size_t page = 4096;
+        size_t lo = (off + page - 1) & ~(page - 1);
+        size_t hi = (off + len) & ~(page - 1);
+        if (lo < hi && madvise(map + lo, hi - lo, MADV_DONTNEED) == 0) {
+            memset(map + off, 0, lo - off);
+            memset(map + hi, 0, off + len - hi);
+            return;
+        }
+    }
+    memset(map + off, 0, len);
+}
+
+static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk,
+                        pa_err *err)
+{
+    pa_sim *s = be->priv;
+    size_t off, got;
+    pa_tlsf_block *h;
+    int rc = pa_tlsf_alloc(s->tlsf, size, align, &off, &got, &h);
+    if (rc < 0) {
+        pa_tlsf_stats st;
+        pa_tlsf_get_stats(s->tlsf, &st);
+        return pa_seterr(err, -rc,
+                         "sim backend cannot allocate %zu bytes (align %zu): %zu bytes free, "
+                         "largest free block %zu bytes of %zu; free buffers or open the sim "
+                         "backend with a larger size= option",
+                         size, align, st.free, st.largest_free, st.total);
+    }
+    bool coherent = be->coherent || (flags & PA_UNCACHED) != 0;
+    pa_sim_zero(s->cpu, off, got);
+    pa_sim_zero(s->dev, off, got);
+    pa_sim_zero(s->clean, off, got);
+    memset(s->lines + off / PA_LINE, SIM_ALLOC | (coherent ? SIM_COHERENT : 0), got / PA_LINE);
+    blk->cpu = s->cpu + off;
+    blk->device_address = s->base + off;
+    blk->size = got;
+    blk->coherent = coherent;
+    blk->handle = h;
+    blk->aux = off;
+    return 0;
+}
+
+static void pa_sim_free(pa_backend *be, pa_block *blk)
+{
+    pa_sim *s = be->priv;
+    size_t off = (size_t)blk->aux;
+    memset(s->lines + off / PA_LINE, 0, blk->size / PA_LINE);
+    if (blk->size >= SIM_BIG) {
+        /* hand the pages back so RSS follows the live buffers */
+        size_t page = 4096;
+        size_t lo = (off + page - 1) & ~(page - 1);
+        size_t hi = (off + blk->size) & ~(page - 1);
+        if (lo < hi) {
+            madvise(s->cpu + lo, hi - lo, MADV_DONTNEED);
+            if (s->dev != NULL) {
+                madvise(s->dev + lo, hi - lo, MADV_DONTNEED);
+            }
+            if (s->clean != NULL) {
+                madvise(s->clean + lo, hi - lo, MADV_DONTNEED);
+            }
+        }
+    }
+    pa_tlsf_free(s->tlsf, blk->handle);
+}
+
+static bool pa_sim_line_dirty(const pa_sim *s, size_t off)
+{
+    return memcmp(s->cpu + off, s->clean + off, PA_LINE) != 0;
+}
+
+/* Formats one report; returns the positive report level for the binding. */
+static int pa_sim_report(const pa_sim *s, pa_err *err, size_t first, size_t last, size_t count,
+                         const char *what, const char *fix)
+{
+    pa_seterr(err, 0, "%s: device addresses 0x%llx-0x%llx (%zu cache line%s). %s", what,
+              (unsigned long long)(s->base + first),
+              (unsigned long long)(s->base + last + PA_LINE - 1), count, count == 1 ? "" : "s",
+              fix);
+    return s->check;
+}
+
+/* scans lines [lo, hi) for CPU-dirty ones (checking mode) */
+static size_t pa_sim_scan_dirty(const pa_sim *s, size_t lo, size_t hi, size_t *first, size_t *last)
+{
+    size_t n = 0;
+    for (size_t off = lo; off < hi; off += PA_LINE) {
+        if ((s->lines[off / PA_LINE] & SIM_COHERENT) == 0 && pa_sim_line_dirty(s, off)) {
+            if (n++ == 0) {
+                *first = off;
+            }
+            *last = off;
+        }
+    }
+    return n;
+}
+
+/* copies CPU lines to the device side, skipping lines the device wrote since
+ * the CPU last invalidated them (a clean line is not written back) */
+static void pa_sim_writeback(pa_sim *s, size_t lo, size_t hi)
+{
+    size_t run = lo;
+    for (size_t off = lo; off <= hi; off += PA_LINE) {
+        bool stop = off == hi || (s->lines[off / PA_LINE] & SIM_DEVWROTE) != 0;
+        if (stop) {
+            if (off > run) {
+                memcpy(s->dev + run, s->cpu + run, off - run);
+                if (s->clean != NULL) {
+                    memcpy(s->clean + run, s->cpu + run, off - run);
+                }
+            }
+            run = off + PA_LINE;
+        }
+        if (off == hi) {
+            break;
+        }
+    }
+}
+
+static int pa_sim_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
+                       pa_sync_dir dir, pa_err *err)
+{
+    pa_sim *s = be->priv;
+    size_t start = (size_t)blk->aux + off;
+    size_t lo = start & ~((size_t)PA_LINE - 1);
+    size_t hi = (start + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1);
+    int report = 0;
+
+    if (dir == PA_TO_DEVICE) {
+        if (s->clean != NULL) {
+            /* a clean line the device wrote stays as the device left it; a
+             * dirty one is written back over the device's data */
+            for (size_t o = lo; o < hi; o += PA_LINE) {
+                if ((s->lines[o / PA_LINE] & SIM_DEVWROTE) && pa_sim_line_dirty(s, o)) {
+                    s->lines[o / PA_LINE] &= (uint8_t)~SIM_DEVWROTE;
+                }
+            }
+        }
+        pa_sim_writeback(s, lo, hi);
+        return 0;
+    }
+
+    if (s->clean != NULL) {
+        size_t first = 0, last = 0;
+        size_t n = pa_sim_scan_dirty(s, lo, hi, &first, &last);
+        if (n > 0) {
+            report = pa_sim_report(
+                s, err, first, last, n,
+                "invalidate() over cache lines the CPU changed since the last flush(); on a "
+                "non-coherent SoC clean+invalidate writes them back over what the device wrote",
+                "Flush after the CPU writes and before the device runs, and do not write the "
+                "buffer while the device owns it.");
+            /* model the hardware: dirty lines are written back, clobbering the device */
+            for (size_t o = lo; o < hi; o += PA_LINE) {
+                if (pa_sim_line_dirty(s, o)) {
+                    s->lines[o / PA_LINE] &= (uint8_t)~SIM_DEVWROTE;
+                }
+            }
+        }
+    }
+    /* lines the device wrote are reloaded; the others are written back (a no-op
+     * for lines the CPU did not change) */
+    pa_sim_writeback(s, lo, hi);
+    for (size_t o = lo; o < hi; o += PA_LINE) {
+        if (s->lines[o / PA_LINE] & SIM_DEVWROTE) {
+            size_t run = o;
+            while (o < hi && (s->lines[o / PA_LINE] & SIM_DEVWROTE)) {
+                s->lines[o / PA_LINE] &= (uint8_t)~SIM_DEVWROTE;
+                o += PA_LINE;
+            }
+            memcpy(s->cpu + run, s->dev + run, o - run);
+            if (s->clean != NULL) {
+                memcpy(s->clean + run, s->dev + run, o - run);
+            }
+        }
+    }
+    return report;
+}
+
+int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, bool write,
+                         pa_err *err)
+{
+    if (be->ops != &pa_sim_ops) {
+        return pa_seterr(err, ENOTSUP,
+                         "device_read/device_write exist only on the sim backend (this is '%s')",
+                         be->ops->name);
+    }
+    pa_sim *s = be->priv;
+    if (len == 0) {
+        return 0;
+    }
+    if (addr < s->base || addr - s->base > s->size || len > s->size - (addr - s->base)) {
+        return pa_seterr(err, EFAULT,
+                         "device %s of %zu bytes at 0x%llx is outside the simulated memory "
+                         "0x%llx-0x%llx",
+                         write ? "write" : "read", len, (unsigned long long)addr,
+                         (unsigned long long)s->base, (unsigned long long)(s->base + s->size - 1));
+    }
+    size_t start = (size_t)(addr - s->base);
+    size_t lo = start & ~((size_t)PA_LINE - 1);
+    size_t hi = (start + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1);
+    int report = 0;
+
+    pthread_mutex_lock(&be->lock);
+    for (size_t o = lo; o < hi; o += PA_LINE) {
+        if ((s->lines[o / PA_LINE] & SIM_ALLOC) == 0) {
+            pthread_mutex_unlock(&be->lock);
+            return pa_seterr(err, EFAULT,
+                             "device %s at 0x%llx touches 0x%llx, which is not inside a live "
+                             "buffer (freed or never allocated): on hardware this DMA would "
+                             "corrupt memory",
+                             write ? "write" : "read", (unsigned long long)addr,
+                             (unsigned long long)(s->base + o));
+        }
+    }
+    if (s->clean != NULL) {
+        size_t first = 0, last = 0;
+        size_t n = pa_sim_scan_dirty(s, lo, hi, &first, &last);
+        if (n > 0 && !write) {
+            report = pa_sim_report(s, err, first, last, n,
+                                   "the device read bytes the CPU changed but never flushed",
+                                   "Call buf.flush() (sync_to_device) after writing the buffer "
+                                   "and before the device reads it.");
+        } else if (n > 0) {
+            report = pa_sim_report(
+                s, err, first, last, n,
+                "the device wrote cache lines the CPU changed and never flushed; a cache "
+                "eviction or invalidate() would write the CPU's copy over the device's data",
+                "Flush the buffer before handing it to the device, and do not write it while "
+                "the device owns it.");
+        }
+    }
+    /* coherent lines live in CPU memory; the others on the device side */
+    uint8_t *p = buf;
+    for (size_t o = start; o < start + len;) {
+        size_t line = o / PA_LINE;
+        bool coh = (s->lines[line] & SIM_COHERENT) != 0 || s->dev == NULL;
+        size_t end = o;
+        while (end < start + len && (((s->lines[end / PA_LINE] & SIM_COHERENT) != 0 ||
+                                      s->dev == NULL) == coh)) {
+            end = (end / PA_LINE + 1) * PA_LINE;
+        }
+        if (end > start + len) {
+            end = start + len;
+        }
+        uint8_t *mem = (coh ? s->cpu : s->dev) + o;
+        if (write) {
+            memcpy(mem, p + (o - start), end - o);
+            if (!coh) {
+                for (size_t l = o / PA_LINE; l * PA_LINE < end; l++) {
+                    s->lines[l] |= SIM_DEVWROTE;
+                }
+            }
+        } else {
+            memcpy(p + (o - start), mem, end - o);
+        }
+        o = end;
+    }
+    pthread_mutex_unlock(&be->lock);
+    return report;
+}
+
+static void pa_sim_info(pa_backend *be, pa_info *info)
+{
+    pa_sim *s = be->priv;
+    pa_tlsf_stats st;
+    pa_tlsf_get_stats(s->tlsf, &st);
+    info->total = st.total;
+    info->free = st.free;
+    info->largest_free = st.largest_free;
+    info->line_size = PA_LINE;
+}
+
+static void pa_sim_close(pa_backend *be)
+{
+    pa_sim_release(be->priv);
+    be->priv = NULL;
+}
+
+static int pa_sim_probe(const char *arg, pa_err *why)
+{
+    (void)arg;
+    (void)why;
+    return 0;
+}
+
+const pa_ops pa_sim_ops = {
+    .name = "sim",
+    .open = pa_sim_open,
+    .alloc = pa_sim_alloc,
+    .free = pa_sim_free,
+    .sync = pa_sim_sync,
+    .info = pa_sim_info,
+    .close = pa_sim_close,
+    .probe = pa_sim_probe,
+    .device_access = pa_sim_device_access,
+};

@@ -1,0 +1,229 @@
+/* Data-cache clean and clean+invalidate by virtual address from user space:
+ * CLWB/CLFLUSHOPT/CLFLUSH on x86, DC CVAC/CIVAC on AArch64. Elsewhere (32-bit
+ * ARM) only the kernel can reach the point of coherency, so we say so. */
+#include "cache.h"
+
+#include <errno.h>
+#include <stdint.h>
+
+#ifndef ENOTSUP
+#define ENOTSUP EOPNOTSUPP
+#endif
+
+#if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
+/* [p, p+len) rounded outward to lines of `line` bytes: first line and count.
+ * Counting lines instead of comparing addresses cannot wrap at the top of
+ * the address space. */
+static int pa_cache_span(const void *p, size_t len, size_t line, uintptr_t *first, size_t *n)
+{
+    uintptr_t a = (uintptr_t)p;
+    uintptr_t last;
+    if (__builtin_add_overflow(a, len - 1, &last)) {
+        return -EINVAL;
+    }
+    *first = a & ~(uintptr_t)(line - 1);
+    *n = (size_t)((last - *first) / line) + 1;
+    return 0;
+}
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+
+#include <cpuid.h>
+
+enum { PA_CACHE_CLFLUSH = 1, PA_CACHE_CLFLUSHOPT = 2, PA_CACHE_CLWB = 3 };
+
+/* line size in the low 16 bits, method above; 0 until first probed. Probing
+ * twice from two threads stores the same word, so the race is benign. */
+static unsigned pa_cache_word;
+
+static unsigned pa_cache_probe(void)
+{
+    unsigned w = __atomic_load_n(&pa_cache_word, __ATOMIC_RELAXED);
+    if (w != 0) {
+        return w;
+    }
+    unsigned a, b, c, d;
+    unsigned line = 0, method = PA_CACHE_CLFLUSH;
+    if (__get_cpuid(1, &a, &b, &c, &d)) {
+        line = ((b >> 8) & 0xff) * 8;
+    }
+    if (line < 16 || (line & (line - 1)) != 0) {
+        line = 64;
+    }
+    if (__get_cpuid_count(7, 0, &a, &b, &c, &d)) {
+        if (b & (1u << 23)) {
+            method = PA_CACHE_CLFLUSHOPT;
+            if (b & (1u << 24)) {
+                method = PA_CACHE_CLWB;
+            }
+        }
+    }
+    w = line | (method << 16);
+    __atomic_store_n(&pa_cache_word, w, __ATOMIC_RELAXED);
+    return w;
+}
+
+size_t pa_cache_line_size(void)
+{
+    return pa_cache_probe() & 0xffff;
+}
+
+bool pa_cache_user_maintenance(void)
+{
+    return true;
+}
+
+const char *pa_cache_method(void)
+{
+    switch (pa_cache_probe() >> 16) {
+    case PA_CACHE_CLWB:
+        return "clwb/clflushopt";
+    case PA_CACHE_CLFLUSHOPT:
+        return "clflushopt";
+    default:
+        return "clflush";
+    }
+}
+
+/* CLWB and CLFLUSHOPT are spelled as bytes with the address in (e/r)ax, so
+ * neither the compiler nor the assembler needs to know them (no -m flags):
+ * 66 0F AE /6 and 66 0F AE /7 with ModRM 0x30 / 0x38 = [eax]/[rax]. The
+ * "memory" clobber keeps earlier stores to the line before the flush. */
+#define PA_CACHE_CLWB_LINE(a) __asm__ volatile(".byte 0x66, 0x0f, 0xae, 0x30" : : "a"(a) : "memory")
+#define PA_CACHE_CLFLUSHOPT_LINE(a)                                                                \
+    __asm__ volatile(".byte 0x66, 0x0f, 0xae, 0x38" : : "a"(a) : "memory")
+#define PA_CACHE_CLFLUSH_LINE(a) __asm__ volatile("clflush (%0)" : : "r"(a) : "memory")
+
+static int pa_cache_x86(void *p, size_t len, bool invalidate)
+{
+    if (len == 0) {
+        return 0;
+    }
+    unsigned w = pa_cache_probe();
+    size_t line = w & 0xffff;
+    unsigned method = w >> 16;
+    uintptr_t a;
+    size_t n;
+    if (pa_cache_span(p, len, line, &a, &n) < 0) {
+        return -EINVAL;
+    }
+    if (method == PA_CACHE_CLWB && !invalidate) {
+        for (; n > 0; n--, a += line) {
+            PA_CACHE_CLWB_LINE(a);
+        }
+        __asm__ volatile("sfence" : : : "memory");
+    } else if (method >= PA_CACHE_CLFLUSHOPT) {
+        for (; n > 0; n--, a += line) {
+            PA_CACHE_CLFLUSHOPT_LINE(a);
+        }
+        __asm__ volatile("sfence" : : : "memory");
+    } else {
+        for (; n > 0; n--, a += line) {
+            PA_CACHE_CLFLUSH_LINE(a);
+        }
+        __asm__ volatile("mfence" : : : "memory");
+    }
+    return 0;
+}
+
+int pa_cache_clean(void *p, size_t len)
+{
+    return pa_cache_x86(p, len, false);
+}
+
+int pa_cache_clean_invalidate(void *p, size_t len)
+{
+    return pa_cache_x86(p, len, true);
+}
+
+#elif defined(__aarch64__)
+
+size_t pa_cache_line_size(void)
+{
+    uint64_t ctr;
+    /* CTR_EL0 is readable at EL0 under Linux; DminLine is log2(words) */
+    __asm__ volatile("mrs %0, ctr_el0" : "=r"(ctr));
+    return (size_t)4 << ((ctr >> 16) & 0xf);
+}
+
+bool pa_cache_user_maintenance(void)
+{
+    return true;
+}
+
+const char *pa_cache_method(void)
+{
+    return "dc cvac/dc civac";
+}
+
+int pa_cache_clean(void *p, size_t len)
+{
+    if (len == 0) {
+        return 0;
+    }
+    size_t line = pa_cache_line_size();
+    uintptr_t a;
+    size_t n;
+    if (pa_cache_span(p, len, line, &a, &n) < 0) {
+        return -EINVAL;
+    }
+    for (; n > 0; n--, a += line) {
+        __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
+    }
+    __asm__ volatile("dsb sy" : : : "memory");
+    return 0;
+}
+
+int pa_cache_clean_invalidate(void *p, size_t len)
+{
+    if (len == 0) {
+        return 0;
+    }
+    size_t line = pa_cache_line_size();
+    uintptr_t a;
+    size_t n;
+    if (pa_cache_span(p, len, line, &a, &n) < 0) {
+        return -EINVAL;
+    }
+    for (; n > 0; n--, a += line) {
+        __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
+    }
+    __asm__ volatile("dsb sy" : : : "memory");
+    return 0;
+}
+
+#else
+
+size_t pa_cache_line_size(void)
+{
+#if defined(__ARM_ARCH) && __ARM_ARCH == 7
+    return 32; /* Cortex-A9 (Zynq-7000) */
+#else
+    return 64;
+#endif
+}
+
+bool pa_cache_user_maintenance(void)
+{
+    return false;
+}
+
+const char *pa_cache_method(void)
+{
+    return "none (kernel sync needed)";
+}
+
+int pa_cache_clean(void *p, size_t len)
+{
+    (void)p;
+    return len == 0 ? 0 : -ENOTSUP;
+}
+
+int pa_cache_clean_invalidate(void *p, size_t len)
+{
+    (void)p;
+    return len == 0 ? 0 : -ENOTSUP;
+}
+
+#endif

@@ -1,0 +1,238 @@
+/* pynq_alloc core, generic layer: spec parsing, option helpers, locking and
+ * accounting around the backends' ops tables. */
+#define _GNU_SOURCE
+#include "pa.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+/* probe order for the default backend; sim and hugepage are never chosen by probing */
+const pa_ops *const pa_all_ops[] = {&pa_sim_ops, &pa_huge_ops, NULL};
+
+int pa_seterr(pa_err *err, int code, const char *fmt, ...)
+{
+    if (err != NULL) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(err->msg, sizeof(err->msg), fmt, ap);
+        va_end(ap);
+    }
+    return -code;
+}
+
+const pa_ops *pa_find_ops(const char *name, size_t len)
+{
+    for (size_t i = 0; pa_all_ops[i] != NULL; i++) {
+        const char *n = pa_all_ops[i]->name;
+        if (strlen(n) == len && memcmp(n, name, len) == 0) {
+            return pa_all_ops[i];
+        }
+    }
+    return NULL;
+}
+
+static char pa_names[256];
+static pthread_once_t pa_names_once = PTHREAD_ONCE_INIT;
+
+static void pa_build_names(void)
+{
+    for (size_t i = 0; pa_all_ops[i] != NULL; i++) {
+        size_t used = strlen(pa_names);
+        snprintf(pa_names + used, sizeof(pa_names) - used, "%s%s", i ? ", " : "",
+                 pa_all_ops[i]->name);
+    }
+}
+
+const char *pa_known_backends(void)
+{
+    pthread_once(&pa_names_once, pa_build_names);
+    return pa_names;
+}
+
+int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **out, pa_err *err)
+{
+    const char *colon = strchr(spec, ':');
+    size_t len = colon != NULL ? (size_t)(colon - spec) : strlen(spec);
+    const pa_ops *ops = pa_find_ops(spec, len);
+    if (ops == NULL) {
+        return pa_seterr(err, EINVAL, "unknown backend '%s'; known backends: %s", spec,
+                         pa_known_backends());
+    }
+    pa_backend *be = calloc(1, sizeof(*be));
+    if (be == NULL) {
+        return pa_seterr(err, ENOMEM, "out of memory opening backend '%s'", spec);
+    }
+    be->ops = ops;
+    int rc = pthread_mutex_init(&be->lock, NULL);
+    if (rc != 0) {
+        free(be);
+        return pa_seterr(err, rc, "pthread_mutex_init failed: %s", strerror(rc));
+    }
+    rc = ops->open(be, colon != NULL ? colon + 1 : NULL, opts, nopts, err);
+    if (rc < 0) {
+        pthread_mutex_destroy(&be->lock);
+        free(be);
+        return rc;
+    }
+    *out = be;
+    return 0;
+}
+
+int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err)
+{
+    size_t rounded;
+    if (size == 0) {
+        size = 1; /* zero-size arrays still get a real, unique device address */
+    }
+    if (__builtin_add_overflow(size, (size_t)PA_LINE - 1, &rounded)) {
+        return pa_seterr(err, ENOMEM, "cannot allocate %zu bytes: size overflows", size);
+    }
+    rounded &= ~((size_t)PA_LINE - 1);
+    if (align < PA_LINE) {
+        align = PA_LINE;
+    }
+    if ((align & (align - 1)) != 0) {
+        return pa_seterr(err, EINVAL, "align must be a power of two, got %zu", align);
+    }
+    memset(blk, 0, sizeof(*blk));
+    pthread_mutex_lock(&be->lock);
+    int rc = be->ops->alloc(be, rounded, align, flags, blk, err);
+    if (rc == 0) {
+        be->used += blk->size;
+        be->buffers++;
+    }
+    pthread_mutex_unlock(&be->lock);
+    return rc;
+}
+
+void pa_free(pa_backend *be, pa_block *blk)
+{
+    pthread_mutex_lock(&be->lock);
+    be->used -= blk->size;
+    be->buffers--;
+    be->ops->free(be, blk);
+    pthread_mutex_unlock(&be->lock);
+    memset(blk, 0, sizeof(*blk));
+}
+
+int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
+            pa_err *err)
+{
+    if (blk->coherent || len == 0) {
+        return 0;
+    }
+    if (off > blk->size || len > blk->size - off) {
+        return pa_seterr(err, EINVAL, "sync range [%zu, %zu) is outside the %zu-byte block", off,
+                         off + len, blk->size);
+    }
+    return be->ops->sync(be, blk, off, len, dir, err);
+}
+
+void pa_get_info(pa_backend *be, pa_info *info)
+{
+    memset(info, 0, sizeof(*info));
+    pthread_mutex_lock(&be->lock);
+    be->ops->info(be, info);
+    info->used = be->used;
+    info->buffers = be->buffers;
+    pthread_mutex_unlock(&be->lock);
+    info->coherent = be->coherent;
+}
+
+void pa_close(pa_backend *be)
+{
+    if (be == NULL) {
+        return;
+    }
+    be->ops->close(be);
+    pthread_mutex_destroy(&be->lock);
+    free(be);
+}
+
+int pa_opt_check(const pa_option *opts, size_t nopts, const char *const *known, const char *backend,
+                 pa_err *err)
+{
+    for (size_t i = 0; i < nopts; i++) {
+        bool ok = false;
+        for (size_t k = 0; known[k] != NULL; k++) {
+            if (strcmp(opts[i].key, known[k]) == 0) {
+                ok = true;
+                break;
+            }
+        }
+        if (!ok) {
+            char list[256] = "";
+            for (size_t k = 0; known[k] != NULL; k++) {
+                size_t used = strlen(list);
+                snprintf(list + used, sizeof(list) - used, "%s%s", k ? ", " : "", known[k]);
+            }
+            return pa_seterr(err, EINVAL, "the %s backend has no option '%s' (options: %s)",
+                             backend, opts[i].key, list[0] ? list : "none");
+        }
+    }
+    return 0;
+}
+
+const char *pa_opt_get(const pa_option *opts, size_t nopts, const char *key)
+{
+    for (size_t i = nopts; i-- > 0;) {
+        if (strcmp(opts[i].key, key) == 0) {
+            return opts[i].value;
+        }
+    }
+    return NULL;
+}
+
+int pa_opt_u64(const pa_option *opts, size_t nopts, const char *key, uint64_t dflt, uint64_t *out,
+               pa_err *err)
+{
+    const char *v = pa_opt_get(opts, nopts, key);
+    if (v == NULL) {
+        *out = dflt;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    /* base 0 so 0x4000_0000-style hex works; a leading '-' is refused below */
+    unsigned long long x = strtoull(v, &end, 0);
+    if (errno != 0 || end == v || *end != '\0' || strchr(v, '-') != NULL) {
+        return pa_seterr(err, EINVAL, "option %s=%s is not a non-negative integer", key, v);
+    }
+    *out = (uint64_t)x;
+    return 0;
+}
+
+int pa_opt_bool(const pa_option *opts, size_t nopts, const char *key, bool dflt, bool *out,
+                pa_err *err)
+{
+    const char *v = pa_opt_get(opts, nopts, key);
+    if (v == NULL) {
+        *out = dflt;
+    } else if (!strcmp(v, "1") || !strcasecmp(v, "true") || !strcasecmp(v, "yes")) {
+        *out = true;
+    } else if (!strcmp(v, "0") || !strcasecmp(v, "false") || !strcasecmp(v, "no")) {
+        *out = false;
+    } else {
+        return pa_seterr(err, EINVAL, "option %s=%s is not a boolean (true/false/1/0)", key, v);
+    }
+    return 0;
+}
+
+int pa_path(char *out, size_t outlen, const char *path)
+{
+    /* only device nodes and kernel-published files; never /proc/self */
+    const char *root = getenv("PYNQ_ALLOC_SYSROOT");
+    if (strncmp(path, "/dev/", 5) != 0 && strncmp(path, "/sys/", 5) != 0 &&
+        strncmp(path, "/proc/device-tree", 17) != 0) {
+        root = NULL;
+    }
+    int n = snprintf(out, outlen, "%s%s", root != NULL ? root : "", path);
+    if (n < 0 || (size_t)n >= outlen) {
+        return -ENAMETOOLONG;
+    }
+    return 0;
+}

@@ -1,0 +1,117 @@
+/* pynq_alloc core: the table of contents of the C core (no Python here).
+ * A backend hands out physically contiguous, device-visible blocks; the
+ * generic layer (pa.c) adds locking, accounting and spec parsing. */
+#ifndef PA_H
+#define PA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <pthread.h>
+
+#define PA_ERR_LEN 512
+#define PA_LINE 64 /* allocation granule: no two blocks share a cache line */
+
+/* Error text for the binding: what failed, errno text, what to do. */
+typedef struct pa_err {
+    char msg[PA_ERR_LEN];
+} pa_err;
+
+/* Fills err->msg and returns -code (code is a positive errno value). */
+int pa_seterr(pa_err *err, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+typedef struct pa_option {
+    const char *key;
+    const char *value;
+} pa_option;
+
+typedef enum pa_sync_dir {
+    PA_TO_DEVICE = 1,   /* clean: CPU writes become visible to the device */
+    PA_FROM_DEVICE = 2, /* clean+invalidate: device writes become visible to the CPU */
+} pa_sync_dir;
+
+/* allocation flags */
+#define PA_CACHED 1u   /* cacheable=True asked explicitly */
+#define PA_UNCACHED 2u /* cacheable=False: coherent (write-combine) mapping */
+
+typedef struct pa_block {
+    void *cpu;               /* CPU address of byte 0 */
+    uint64_t device_address; /* what the device uses for byte 0 */
+    size_t size;             /* usable bytes, a multiple of PA_LINE */
+    bool coherent;           /* no cache maintenance needed */
+    void *handle;            /* backend private (allocator node, BO ...) */
+    uint64_t aux;            /* backend private */
+} pa_block;
+
+typedef struct pa_info {
+    uint64_t total, used, free, largest_free, buffers;
+    bool coherent;
+    size_t line_size;
+} pa_info;
+
+typedef struct pa_backend pa_backend;
+
+typedef struct pa_ops {
+    const char *name;
+    bool board; /* probed for the default backend (sim and hugepage are not) */
+    /* arg: what followed "name:" in the spec, or NULL */
+    int (*open)(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts, pa_err *err);
+    /* size > 0, a multiple of PA_LINE; align a power of two >= PA_LINE.
+     * The block must come back zeroed and, when not coherent, clean. */
+    int (*alloc)(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err);
+    void (*free)(pa_backend *be, pa_block *blk);
+    /* [off, off+len) inside the block; the backend rounds to cache lines. */
+    int (*sync)(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
+                pa_err *err);
+    void (*info)(pa_backend *be, pa_info *info); /* total, free, largest_free */
+    void (*close)(pa_backend *be);
+    /* cheap and side-effect free: 0 if open() would find something usable */
+    int (*probe)(const char *arg, pa_err *why);
+    /* optional, simulated devices only: device-side access by device address */
+    int (*device_access)(pa_backend *be, uint64_t addr, void *buf, size_t len, bool write,
+                         pa_err *err);
+} pa_ops;
+
+struct pa_backend {
+    const pa_ops *ops;
+    void *priv;
+    pthread_mutex_t lock; /* taken by pa_alloc/pa_free/pa_info */
+    bool coherent;        /* default for new blocks; set by open */
+    uint64_t used;        /* bytes in live blocks (maintained by pa.c) */
+    uint64_t buffers;     /* live blocks */
+};
+
+/* generic layer (pa.c) */
+const pa_ops *pa_find_ops(const char *name, size_t len);
+const char *pa_known_backends(void); /* "sim, hugepage, ..." */
+extern const pa_ops *const pa_all_ops[]; /* NULL-terminated, in probe order */
+int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **out, pa_err *err);
+int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err);
+void pa_free(pa_backend *be, pa_block *blk);
+int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
+            pa_err *err);
+void pa_get_info(pa_backend *be, pa_info *info);
+void pa_close(pa_backend *be);
+
+/* option helpers for backends: unknown keys are an error naming the known ones */
+int pa_opt_check(const pa_option *opts, size_t nopts, const char *const *known, const char *backend,
+                 pa_err *err);
+const char *pa_opt_get(const pa_option *opts, size_t nopts, const char *key);
+int pa_opt_u64(const pa_option *opts, size_t nopts, const char *key, uint64_t dflt, uint64_t *out,
+               pa_err *err);
+int pa_opt_bool(const pa_option *opts, size_t nopts, const char *key, bool dflt, bool *out,
+                pa_err *err);
+
+/* PYNQ_ALLOC_SYSROOT (a test hook) in front of /dev, /sys and /proc/device-tree paths */
+int pa_path(char *out, size_t outlen, const char *path);
+
+/* backends */
+extern const pa_ops pa_sim_ops;
+extern const pa_ops pa_huge_ops;
+
+/* simulated device (sim backend only) */
+int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, bool write,
+                         pa_err *err);
+
+#endif

@@ -1,0 +1,72 @@
+/* pynq_alloc binding layer: the Python objects (Backend, Allocation, Buffer)
+ * around the core. Owns every Python object and nothing else. */
+#ifndef PA_BINDING_H
+#define PA_BINDING_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#define NPY_NO_DEPRECATED_API NPY_1_22_API_VERSION
+#define NPY_TARGET_VERSION NPY_1_22_API_VERSION
+#define PY_ARRAY_UNIQUE_SYMBOL pynq_alloc_ARRAY_API
+#ifndef PA_IMPORT_ARRAY
+#define NO_IMPORT_ARRAY
+#endif
+#include <numpy/arrayobject.h>
+
+#include "pa.h"
+
+/* A backend as Python sees it. The core backend stays open until close() was
+ * asked AND the last allocation made from it is gone. */
+typedef struct {
+    PyObject_HEAD
+    pa_backend *be;     /* NULL once the core backend is closed */
+    const pa_ops *ops;  /* what it is, also after close */
+    PyObject *spec; /* str */
+    int check;      /* sim checking: 0 off, 1 warn, 2 raise */
+    int closing;    /* close() was called */
+    PyObject *weakreflist;
+} BackendObject;
+
+/* One pa_block and the bookkeeping freebuffer() needs. */
+typedef struct {
+    PyObject_HEAD
+    BackendObject *backend; /* strong; NULL once the block is released */
+    pa_block block;
+    Py_ssize_t views;   /* Buffer objects linked to this allocation */
+    Py_ssize_t exports; /* buffer-protocol exports of those Buffers */
+    Py_ssize_t busy;    /* syncs running without the GIL */
+    PyObject *anchor;   /* borrowed: plain ndarray between the root Buffer and us */
+    PyObject *root;     /* borrowed: the Buffer allocate() returned, NULL once gone */
+} AllocationObject;
+
+typedef struct {
+    PyArrayObject_fields arr;
+    AllocationObject *alloc; /* strong; NULL for arrays not backed by device memory */
+    int freed;               /* freebuffer() emptied this array */
+} BufferObject;
+
+extern PyTypeObject PaBackend_Type;
+extern PyTypeObject PaAllocation_Type;
+extern PyTypeObject PaBuffer_Type;
+extern PyObject *PaExc_CoherencyWarning;
+extern PyObject *PaExc_CoherencyError;
+
+#define PaBuffer_Check(op) PyObject_TypeCheck(op, &PaBuffer_Type)
+#define PaBackend_Check(op) PyObject_TypeCheck(op, &PaBackend_Type)
+
+/* core error (rc < 0) -> Python exception; returns NULL */
+PyObject *pa_py_raise(int rc, const pa_err *err);
+/* sim checking report (rc > 0): warn or raise per the backend's mode; -1 if raised */
+int pa_py_report(const BackendObject *b, int rc, const pa_err *err);
+
+int pa_py_buffer_ready(void);
+int pa_py_backend_ready(void);
+
+PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs);
+PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
+                         PyObject *align);
+/* release the core block (idempotent); closes the core backend if it was the last */
+void pa_py_allocation_release(AllocationObject *a);
+
+#endif

@@ -1,0 +1,693 @@
+/* Buffer: an ndarray subtype over device memory, and Allocation, the object
+ * that owns one core block. Lifetime: root Buffer -> anchor ndarray ->
+ * Allocation; views keep the root alive, plain ndarray views of the root keep
+ * the anchor alive, so the block is freed when the last of them is gone. */
+#include "binding.h"
+
+#include <stdio.h>
+#include <string.h>
+
+/* what an emptied (freed) array points at: never dereferenced, size 0 */
+static _Alignas(64) char pa_empty_data[64];
+
+/* ---------------------------------------------------------------- Allocation */
+
+void pa_py_allocation_release(AllocationObject *a)
+{
+    BackendObject *b = a->backend;
+    if (b == NULL) {
+        return;
+    }
+    a->backend = NULL;
+    if (b->be != NULL) {
+        pa_free(b->be, &a->block);
+        if (b->closing && b->be->buffers == 0) {
+            pa_backend *be = b->be;
+            b->be = NULL;
+            pa_close(be);
+        }
+    }
+    Py_DECREF(b);
+}
+
+static void allocation_dealloc(PyObject *self)
+{
+    pa_py_allocation_release((AllocationObject *)self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+PyTypeObject PaAllocation_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pynq_alloc._Allocation",
+    .tp_basicsize = sizeof(AllocationObject),
+    .tp_dealloc = allocation_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = PyDoc_STR("Owns one block of device memory (internal)."),
+};
+
+/* ------------------------------------------------------------------- helpers */
+
+/* [lo, hi) byte extent of an array's elements; lo == hi when it has none */
+static void pa_extent(PyArrayObject *arr, char **lo, char **hi)
+{
+    char *l = PyArray_BYTES(arr), *h = l;
+    int nd = PyArray_NDIM(arr);
+    npy_intp *dims = PyArray_DIMS(arr), *strides = PyArray_STRIDES(arr);
+    for (int i = 0; i < nd; i++) {
+        if (dims[i] == 0) {
+            *lo = *hi = l;
+            return;
+        }
+        npy_intp ext = (dims[i] - 1) * strides[i];
+        if (ext < 0) {
+            l += ext;
+        } else {
+            h += ext;
+        }
+    }
+    *lo = l;
+    *hi = h + PyArray_ITEMSIZE(arr);
+}
+
+/* the allocation an array's memory comes from, following bases */
+static AllocationObject *pa_find_allocation(PyObject *obj)
+{
+    while (obj != NULL) {
+        if (PaBuffer_Check(obj)) {
+            return ((BufferObject *)obj)->alloc;
+        }
+        if (Py_IS_TYPE(obj, &PaAllocation_Type)) {
+            return (AllocationObject *)obj;
+        }
+        if (!PyArray_Check(obj)) {
+            return NULL;
+        }
+        obj = PyArray_BASE((PyArrayObject *)obj);
+    }
+    return NULL;
+}
+
+/* Empties an array in place: size 0, read-only, pointing at no device memory. */
+static int pa_neuter(PyArrayObject *arr)
+{
+    PyArrayObject_fields *fa = (PyArrayObject_fields *)arr;
+    if (fa->nd == 0) {
+        npy_intp *dims = PyDimMem_NEW(2);
+        if (dims == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        fa->dimensions = dims;
+        fa->strides = dims + 1;
+    }
+    fa->nd = 1;
+    fa->dimensions[0] = 0;
+    fa->strides[0] = PyArray_ITEMSIZE(arr);
+    fa->data = pa_empty_data;
+    PyArray_CLEARFLAGS(arr, NPY_ARRAY_WRITEABLE);
+    PyArray_UpdateFlags(arr, NPY_ARRAY_UPDATE_ALL);
+    return 0;
+}
+
+static void pa_link(BufferObject *buf, AllocationObject *a)
+{
+    Py_INCREF(a);
+    buf->alloc = a;
+    a->views++;
+}
+
+/* ----------------------------------------------------------------- allocate */
+
+static int pa_parse_align(PyObject *align, size_t *out)
+{
+    if (align == NULL || align == Py_None) {
+        *out = 4096;
+        return 0;
+    }
+    if (PyBool_Check(align) || !PyIndex_Check(align)) {
+        PyErr_Format(PyExc_TypeError, "align must be an int (a power of two), not %.100s",
+                     Py_TYPE(align)->tp_name);
+        return -1;
+    }
+    Py_ssize_t v = PyNumber_AsSsize_t(align, NULL);
+    if (v == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    /* beyond 1 GiB nothing real needs it, and it would only waste the pool */
+    if (v <= 0 || (v & (v - 1)) != 0 || v > ((Py_ssize_t)1 << 30)) {
+        PyErr_Format(PyExc_ValueError,
+                     "align must be a power of two between 1 and 2**30 bytes, got %zd", v);
+        return -1;
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static int pa_parse_cacheable(PyObject *cacheable, unsigned *flags)
+{
+    *flags = 0;
+    if (cacheable == NULL || cacheable == Py_None) {
+        return 0;
+    }
+    int t = PyObject_IsTrue(cacheable);
+    if (t < 0) {
+        return -1;
+    }
+    *flags = t ? PA_CACHED : PA_UNCACHED;
+    return 0;
+}
+
+/* numpy.ndarray(shape, 'U') gives U1, 'S' S1; follow it */
+static PyArray_Descr *pa_sized_descr(PyArray_Descr *d)
+{
+    if (PyDataType_ELSIZE(d) != 0 || (d->type_num != NPY_STRING && d->type_num != NPY_UNICODE)) {
+        return d;
+    }
+    PyArray_Descr *n = PyArray_DescrNewFromType(d->type_num);
+    Py_DECREF(d);
+    if (n != NULL) {
+        PyDataType_SET_ELSIZE(n, n->type_num == NPY_UNICODE ? 4 : 1);
+    }
+    return n;
+}
+
+PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
+                         PyObject *align)
+{
+    PyArray_Dims dims = {NULL, 0};
+    PyArray_Descr *descr = NULL;
+    AllocationObject *a = NULL;
+    PyObject *anchor = NULL, *root = NULL;
+    size_t alignment, nbytes;
+    unsigned flags;
+    pa_err err;
+
+    if (b->be == NULL || b->closing) {
+        PyErr_Format(PyExc_ValueError, "backend %U is closed", b->spec);
+        return NULL;
+    }
+    if (!PyArray_IntpConverter(shape, &dims)) {
+        return NULL;
+    }
+    if (!PyArray_DescrConverter(dtype != NULL ? dtype : Py_None, &descr)) {
+        goto fail;
+    }
+    if (dtype == NULL) { /* PYNQ's default */
+        Py_DECREF(descr);
+        descr = PyArray_DescrFromType(NPY_UINT32);
+    }
+    descr = pa_sized_descr(descr);
+    if (descr == NULL) {
+        goto fail;
+    }
+    if (PyDataType_REFCHK(descr)) {
+        PyErr_Format(PyExc_TypeError,
+                     "dtype %R holds Python objects; device memory can only hold plain data",
+                     (PyObject *)descr);
+        goto fail;
+    }
+    if (pa_parse_align(align, &alignment) < 0 || pa_parse_cacheable(cacheable, &flags) < 0) {
+        goto fail;
+    }
+    nbytes = (size_t)PyDataType_ELSIZE(descr);
+    for (int i = 0; i < dims.len; i++) {
+        if (dims.ptr[i] < 0) {
+            PyErr_SetString(PyExc_ValueError, "negative dimensions are not allowed");
+            goto fail;
+        }
+        if (__builtin_mul_overflow(nbytes, (size_t)dims.ptr[i], &nbytes) ||
+            nbytes > (size_t)NPY_MAX_INTP) {
+            PyErr_SetString(PyExc_ValueError,
+                            "array is too big; `arr.size * arr.dtype.itemsize` is larger than "
+                            "the maximum possible size");
+            goto fail;
+        }
+    }
+    a = PyObject_New(AllocationObject, &PaAllocation_Type);
+    if (a == NULL) {
+        goto fail;
+    }
+    a->backend = NULL;
+    a->views = a->exports = a->busy = 0;
+    a->anchor = a->root = NULL;
+    memset(&a->block, 0, sizeof(a->block));
+
+    int rc = pa_alloc(b->be, nbytes, alignment, flags, &a->block, &err);
+    if (rc < 0) {
+        pa_py_raise(rc, &err);
+        goto fail;
+    }
+    Py_INCREF(b);
+    a->backend = b;
+
+    Py_INCREF(descr);
+    anchor = PyArray_NewFromDescr(&PyArray_Type, descr, dims.len, dims.ptr, NULL, a->block.cpu,
+                                  NPY_ARRAY_CARRAY, NULL);
+    if (anchor == NULL) {
+        goto fail;
+    }
+    if (PyArray_SetBaseObject((PyArrayObject *)anchor, (PyObject *)a) < 0) {
+        goto fail; /* the reference to a was stolen even on failure */
+    }
+    root = PyArray_NewFromDescr(&PaBuffer_Type, descr, dims.len, dims.ptr, NULL, a->block.cpu,
+                                NPY_ARRAY_CARRAY, NULL);
+    descr = NULL;
+    if (root == NULL) {
+        goto fail_anchor;
+    }
+    if (PyArray_SetBaseObject((PyArrayObject *)root, anchor) < 0) {
+        anchor = NULL;
+        goto fail_anchor;
+    }
+    a->anchor = anchor;
+    a->root = root;
+    pa_link((BufferObject *)root, a);
+    PyDimMem_FREE(dims.ptr);
+    return root;
+
+fail_anchor:
+    Py_XDECREF(root);
+    Py_XDECREF(anchor);
+    PyDimMem_FREE(dims.ptr);
+    return NULL;
+fail:
+    if (anchor != NULL) {
+        Py_DECREF(anchor);
+    } else {
+        Py_XDECREF(a);
+    }
+    Py_XDECREF(descr);
+    PyDimMem_FREE(dims.ptr);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------- Buffer */
+
+static void buffer_dealloc(PyObject *self)
+{
+    BufferObject *buf = (BufferObject *)self;
+    AllocationObject *a = buf->alloc;
+    if (a != NULL) {
+        buf->alloc = NULL;
+        a->views--;
+        if (a->root == self) {
+            a->root = NULL;
+        }
+        Py_DECREF(a);
+    }
+    PyArray_Type.tp_dealloc(self);
+}
+
+/* a linked, not yet released allocation, or NULL */
+static AllocationObject *buffer_live(BufferObject *buf)
+{
+    AllocationObject *a = buf->alloc;
+    return a != NULL && a->backend != NULL ? a : NULL;
+}
+
+static PyObject *buffer_device_address(PyObject *self, void *closure)
+{
+    (void)closure;
+    AllocationObject *a = buffer_live((BufferObject *)self);
+    if (a == NULL) {
+        Py_RETURN_NONE;
+    }
+    uint64_t off = (uint64_t)(PyArray_BYTES((PyArrayObject *)self) - (char *)a->block.cpu);
+    return PyLong_FromUnsignedLongLong(a->block.device_address + off);
+}
+
+static PyObject *buffer_virtual_address(PyObject *self, void *closure)
+{
+    (void)closure;
+    if (((BufferObject *)self)->freed) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromVoidPtr(PyArray_BYTES((PyArrayObject *)self));
+}
+
+static PyObject *buffer_offset(PyObject *self, void *closure)
+{
+    (void)closure;
+    AllocationObject *a = buffer_live((BufferObject *)self);
+    if (a == NULL) {
+        Py_RETURN_NONE;
+    }
+    return PyLong_FromSsize_t(PyArray_BYTES((PyArrayObject *)self) - (char *)a->block.cpu);
+}
+
+static PyObject *buffer_coherent(PyObject *self, void *closure)
+{
+    AllocationObject *a = buffer_live((BufferObject *)self);
+    if (a == NULL) {
+        Py_RETURN_NONE;
+    }
+    /* closure != NULL: the "cacheable" spelling, PYNQ's inverse */
+    return PyBool_FromLong(a->block.coherent == (closure == NULL));
+}
+
+static PyObject *buffer_backend(PyObject *self, void *closure)
+{
+    (void)closure;
+    AllocationObject *a = buffer_live((BufferObject *)self);
+    if (a == NULL) {
+        Py_RETURN_NONE;
+    }
+    Py_INCREF(a->backend);
+    return (PyObject *)a->backend;
+}
+
+static PyObject *buffer_not_backed(BufferObject *buf, const char *what)
+{
+    PyErr_Format(PyExc_ValueError,
+                 "%s: this array is not backed by device memory (%s); only buffers from "
+                 "allocate() and views of them can be synchronised",
+                 what,
+                 buf->freed ? "freebuffer() released it"
+                            : "it is a copy or a result computed from a Buffer");
+    return NULL;
+}
+
+/* PA_SYNC_GIL_BYTES and larger ranges are synchronised without the GIL */
+#define PA_SYNC_GIL_BYTES (256 * 1024)
+
+static PyObject *buffer_sync(PyObject *self, pa_sync_dir dir, const char *what)
+{
+    BufferObject *buf = (BufferObject *)self;
+    AllocationObject *a = buffer_live(buf);
+    if (a == NULL) {
+        return buffer_not_backed(buf, what);
+    }
+    if (a->block.coherent) {
+        Py_RETURN_NONE;
+    }
+    char *lo, *hi;
+    pa_extent((PyArrayObject *)self, &lo, &hi);
+    size_t off = (size_t)(lo - (char *)a->block.cpu), len = (size_t)(hi - lo);
+    pa_backend *be = a->backend->be;
+    pa_err err;
+    int rc;
+    if (len >= PA_SYNC_GIL_BYTES) {
+        a->busy++; /* keeps freebuffer() from another thread away meanwhile */
+        Py_BEGIN_ALLOW_THREADS
+        rc = pa_sync(be, &a->block, off, len, dir, &err);
+        Py_END_ALLOW_THREADS
+        a->busy--;
+    } else {
+        rc = pa_sync(be, &a->block, off, len, dir, &err);
+    }
+    if (rc < 0) {
+        return pa_py_raise(rc, &err);
+    }
+    if (rc > 0 && pa_py_report(a->backend, rc, &err) < 0) {
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *buffer_flush(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return buffer_sync(self, PA_TO_DEVICE, "flush()");
+}
+
+static PyObject *buffer_invalidate(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return buffer_sync(self, PA_FROM_DEVICE, "invalidate()");
+}
+
+static PyObject *buffer_freebuffer(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    BufferObject *buf = (BufferObject *)self;
+    AllocationObject *a = buf->alloc;
+    if (a == NULL) {
+        Py_RETURN_NONE; /* already freed, or never device memory: nothing to release */
+    }
+    if (a->root != self) {
+        PyErr_SetString(PyExc_BufferError,
+                        "freebuffer() must be called on the Buffer that allocate() returned, not "
+                        "on a view of it; a view's memory is released when the buffer and its "
+                        "last view are deleted");
+        return NULL;
+    }
+    Py_ssize_t views = a->views - 1;
+    Py_ssize_t plain = Py_REFCNT(a->anchor) - 1; /* np.asarray(buf) & co. refer to the anchor */
+    if (views > 0 || plain > 0 || a->exports > 0 || a->busy > 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot free this buffer: %zd view(s), %zd plain ndarray view(s) and %zd "
+                     "buffer export(s) (memoryview) still use its memory%s; delete or release "
+                     "them first",
+                     views, plain, a->exports, a->busy > 0 ? ", and a sync is running" : "");
+        return NULL;
+    }
+    if (pa_neuter((PyArrayObject *)self) < 0 || pa_neuter((PyArrayObject *)a->anchor) < 0) {
+        return NULL;
+    }
+    buf->freed = 1;
+    buf->alloc = NULL;
+    a->views--;
+    a->root = NULL;
+    pa_py_allocation_release(a);
+    Py_DECREF(a);
+    Py_RETURN_NONE;
+}
+
+static PyObject *buffer_enter(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    Py_INCREF(self);
+    return self;
+}
+
+static PyObject *buffer_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)args;
+    (void)nargs;
+    return buffer_freebuffer(self, NULL);
+}
+
+/* Links a new Buffer to the allocation of the array it came from, but only
+ * when all its bytes lie inside that allocation (copies get no address). */
+static PyObject *buffer_array_finalize(PyObject *self, PyObject *obj)
+{
+    BufferObject *buf = (BufferObject *)self;
+    if (buf->alloc != NULL || obj == Py_None) {
+        Py_RETURN_NONE;
+    }
+    AllocationObject *a = pa_find_allocation(obj);
+    if (a == NULL || a->backend == NULL) {
+        Py_RETURN_NONE;
+    }
+    char *lo, *hi, *start = a->block.cpu;
+    pa_extent((PyArrayObject *)self, &lo, &hi);
+    if (lo >= start && hi <= start + a->block.size) {
+        pa_link(buf, a);
+    }
+    Py_RETURN_NONE;
+}
+
+/* ufunc and reduction results do not share the allocation: plain ndarrays */
+static PyObject *buffer_array_wrap(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"array", "context", "return_scalar", NULL};
+    PyObject *arr, *context = Py_None;
+    int return_scalar = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|Op:__array_wrap__", kwlist, &PyArray_Type,
+                                     &arr, &context, &return_scalar)) {
+        return NULL;
+    }
+    if (arr == self || (PaBuffer_Check(arr) && ((BufferObject *)arr)->alloc != NULL)) {
+        Py_INCREF(arr); /* an out= argument that is device memory stays what it is */
+        return arr;
+    }
+    if (return_scalar && PyArray_NDIM((PyArrayObject *)arr) == 0) {
+        Py_INCREF(arr);
+        return PyArray_Return((PyArrayObject *)arr);
+    }
+    if (Py_IS_TYPE(arr, &PyArray_Type)) {
+        Py_INCREF(arr);
+        return arr;
+    }
+    return PyArray_View((PyArrayObject *)arr, NULL, &PyArray_Type);
+}
+
+/* device memory cannot travel to another process: pickle the data as ndarray */
+static PyObject *buffer_reduce_ex(PyObject *self, PyObject *args)
+{
+    PyObject *plain = PyArray_View((PyArrayObject *)self, NULL, &PyArray_Type);
+    if (plain == NULL) {
+        return NULL;
+    }
+    PyObject *meth = PyObject_GetAttrString(plain, "__reduce_ex__");
+    Py_DECREF(plain);
+    if (meth == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_Call(meth, args, NULL);
+    Py_DECREF(meth);
+    return res;
+}
+
+static PyObject *buffer_reduce(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *plain = PyArray_View((PyArrayObject *)self, NULL, &PyArray_Type);
+    if (plain == NULL) {
+        return NULL;
+    }
+    PyObject *res = PyObject_CallMethod(plain, "__reduce__", NULL);
+    Py_DECREF(plain);
+    return res;
+}
+
+static PyObject *pa_html_escape(PyObject *text)
+{
+    PyObject *res = text;
+    static const char *pairs[][2] = {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}};
+    Py_INCREF(res);
+    for (size_t i = 0; res != NULL && i < 3; i++) {
+        PyObject *from = PyUnicode_FromString(pairs[i][0]);
+        PyObject *to = PyUnicode_FromString(pairs[i][1]);
+        PyObject *next = (from && to) ? PyUnicode_Replace(res, from, to, -1) : NULL;
+        Py_XDECREF(from);
+        Py_XDECREF(to);
+        Py_SETREF(res, next);
+    }
+    return res;
+}
+
+/* Jupyter shows this: numpy's repr plus where the memory is on the device */
+static PyObject *buffer_repr_html(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    PyObject *repr = PyObject_Repr(self), *esc = NULL, *res = NULL;
+    if (repr == NULL || (esc = pa_html_escape(repr)) == NULL) {
+        goto done;
+    }
+    BufferObject *buf = (BufferObject *)self;
+    AllocationObject *a = buffer_live(buf);
+    if (a != NULL) {
+        uint64_t addr = a->block.device_address +
+                        (uint64_t)(PyArray_BYTES((PyArrayObject *)self) - (char *)a->block.cpu);
+        char where[160];
+        snprintf(where, sizeof(where), "device_address 0x%llx &middot; %zd bytes",
+                 (unsigned long long)addr, (Py_ssize_t)PyArray_NBYTES((PyArrayObject *)self));
+        res = PyUnicode_FromFormat("<pre>%U</pre><small>%s &middot; backend %U &middot; %s</small>",
+                                   esc, where, a->backend->spec,
+                                   a->block.coherent ? "coherent" : "non-coherent (flush/invalidate)");
+    } else {
+        res = PyUnicode_FromFormat("<pre>%U</pre><small>%s</small>", esc,
+                                   buf->freed ? "freed: no device memory"
+                                              : "not backed by device memory (a copy)");
+    }
+done:
+    Py_XDECREF(repr);
+    Py_XDECREF(esc);
+    return res;
+}
+
+/* buffer-protocol exports are counted so freebuffer() can refuse while they live */
+static int buffer_getbuffer(PyObject *self, Py_buffer *view, int flags)
+{
+    if (PyArray_Type.tp_as_buffer->bf_getbuffer(self, view, flags) < 0) {
+        return -1;
+    }
+    AllocationObject *a = ((BufferObject *)self)->alloc;
+    if (a != NULL) {
+        a->exports++;
+    }
+    return 0;
+}
+
+static void buffer_releasebuffer(PyObject *self, Py_buffer *view)
+{
+    if (PyArray_Type.tp_as_buffer->bf_releasebuffer != NULL) {
+        PyArray_Type.tp_as_buffer->bf_releasebuffer(self, view);
+    }
+    AllocationObject *a = ((BufferObject *)self)->alloc;
+    if (a != NULL) {
+        a->exports--;
+    }
+}
+
+static PyBufferProcs buffer_as_buffer = {
+    .bf_getbuffer = buffer_getbuffer,
+    .bf_releasebuffer = buffer_releasebuffer,
+};
+
+PyDoc_STRVAR(flush_doc, "flush()\n--\n\nMake the CPU's writes visible to the device (clean "
+                        "the cache lines this view spans). A no-op on coherent buffers.");
+PyDoc_STRVAR(sync_to_device_doc, "sync_to_device()\n--\n\nAlias of flush().");
+PyDoc_STRVAR(invalidate_doc,
+             "invalidate()\n--\n\nMake the device's writes visible to the CPU (clean+invalidate "
+             "the cache lines this view spans). A no-op on coherent buffers.");
+PyDoc_STRVAR(sync_from_device_doc, "sync_from_device()\n--\n\nAlias of invalidate().");
+PyDoc_STRVAR(freebuffer_doc,
+             "freebuffer()\n--\n\nReturn the memory to its backend now. Raises BufferError "
+             "while views, plain ndarray views or memoryviews of it exist. Afterwards the array "
+             "is empty and read-only. A second call does nothing.");
+PyDoc_STRVAR(close_doc, "close()\n--\n\nAlias of freebuffer().");
+
+static PyMethodDef buffer_methods[] = {
+    {"flush", buffer_flush, METH_NOARGS, flush_doc},
+    {"sync_to_device", buffer_flush, METH_NOARGS, sync_to_device_doc},
+    {"invalidate", buffer_invalidate, METH_NOARGS, invalidate_doc},
+    {"sync_from_device", buffer_invalidate, METH_NOARGS, sync_from_device_doc},
+    {"freebuffer", buffer_freebuffer, METH_NOARGS, freebuffer_doc},
+    {"close", buffer_freebuffer, METH_NOARGS, close_doc},
+    {"__enter__", buffer_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL, NULL},
+    {"__array_finalize__", buffer_array_finalize, METH_O, NULL},
+    {"__array_wrap__", (PyCFunction)(void (*)(void))buffer_array_wrap,
+     METH_VARARGS | METH_KEYWORDS, NULL},
+    {"__reduce__", buffer_reduce, METH_NOARGS, NULL},
+    {"__reduce_ex__", buffer_reduce_ex, METH_VARARGS, NULL},
+    {"_repr_html_", buffer_repr_html, METH_NOARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef buffer_getset[] = {
+    {"device_address", buffer_device_address, NULL,
+     "Address of element 0 as the device sees it (int), or None when not device memory.", NULL},
+    {"physical_address", buffer_device_address, NULL, "Same as device_address (PYNQ name).", NULL},
+    {"virtual_address", buffer_virtual_address, NULL, "CPU address of element 0.", NULL},
+    {"offset", buffer_offset, NULL, "Byte offset of element 0 in its allocation.", NULL},
+    {"coherent", buffer_coherent, NULL, "True if no flush()/invalidate() is needed.", NULL},
+    {"cacheable", buffer_coherent, NULL, "not coherent (PYNQ's definition).", "cacheable"},
+    {"backend", buffer_backend, NULL, "The backend the memory came from.", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+PyDoc_STRVAR(buffer_doc,
+             "Buffer: a numpy.ndarray over physically contiguous device memory.\n\n"
+             "Made by pynq_alloc.allocate(). Views (slices, reshape, transpose, view(dtype)) "
+             "stay Buffers over the same memory; copies and computed results carry no device "
+             "address.");
+
+PyTypeObject PaBuffer_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pynq_alloc.Buffer",
+    .tp_basicsize = sizeof(BufferObject),
+    .tp_dealloc = buffer_dealloc,
+    .tp_as_buffer = &buffer_as_buffer,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = buffer_doc,
+    .tp_methods = buffer_methods,
+    .tp_getset = buffer_getset,
+};
+
+int pa_py_buffer_ready(void)
+{
+    /* the struct we extend must be the one this NumPy allocates */
+    if (PyArray_Type.tp_basicsize != (Py_ssize_t)sizeof(PyArrayObject_fields)) {
+        PyErr_Format(PyExc_ImportError,
+                     "pynq_alloc was built for a NumPy whose ndarray is %zd bytes, but this "
+                     "NumPy's is %zd; reinstall pynq_alloc against this NumPy",
+                     (Py_ssize_t)sizeof(PyArrayObject_fields), PyArray_Type.tp_basicsize);
+        return -1;
+    }
+    PaBuffer_Type.tp_base = &PyArray_Type;
+    if (PyType_Ready(&PaAllocation_Type) < 0 || PyType_Ready(&PaBuffer_Type) < 0) {
+        return -1;
+    }
+    return 0;
+}

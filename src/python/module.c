@@ -1,0 +1,403 @@
+/* pynq_alloc._pynq_alloc: module init and the module-level functions
+ * (allocate, open_backend, default_backend, set_default_backend). */
+#define PA_IMPORT_ARRAY
+#include "binding.h"
+
+#include <errno.h>
+#include <string.h>
+#include <unistd.h>
+
+typedef struct {
+    PyObject *dflt;  /* BackendObject or NULL: the default backend */
+    PyObject *specs; /* dict: spec string -> BackendObject, for allocate(target='...') */
+    int warned;      /* the sim fallback warning was given */
+} pa_state;
+
+static pa_state *pa_get_state(PyObject *module)
+{
+    return (pa_state *)PyModule_GetState(module);
+}
+
+/* the board backends' probe results, as "name: reason" lines */
+static PyObject *pa_probe_list(void)
+{
+    PyObject *list = PyList_New(0);
+    for (size_t i = 0; list != NULL && pa_all_ops[i] != NULL; i++) {
+        const pa_ops *ops = pa_all_ops[i];
+        pa_err why;
+        strcpy(why.msg, "usable");
+        int rc = ops->probe != NULL ? ops->probe(NULL, &why) : -ENOTSUP;
+        PyObject *row = Py_BuildValue("(sOOs)", ops->name, rc == 0 ? Py_True : Py_False,
+                                      ops->board ? Py_True : Py_False, why.msg);
+        if (row == NULL || PyList_Append(list, row) < 0) {
+            Py_XDECREF(row);
+            Py_CLEAR(list);
+        }
+        Py_XDECREF(row);
+    }
+    return list;
+}
+
+static PyObject *pa_open_with_check(const char *spec)
+{
+    PyObject *pyspec = PyUnicode_FromString(spec), *kwargs = NULL, *res = NULL;
+    const char *check = getenv("PYNQ_ALLOC_SIM_CHECK");
+    if (pyspec == NULL) {
+        return NULL;
+    }
+    if (check != NULL && check[0] != '\0' && strncmp(spec, "sim", 3) == 0 &&
+        (spec[3] == '\0' || spec[3] == ':')) {
+        kwargs = Py_BuildValue("{s:s}", "check", check);
+        if (kwargs == NULL) {
+            goto done;
+        }
+    }
+    res = pa_py_backend_open(pyspec, kwargs);
+done:
+    Py_DECREF(pyspec);
+    Py_XDECREF(kwargs);
+    return res;
+}
+
+static int pa_path_exists(const char *path)
+{
+    char full[4096];
+    return pa_path(full, sizeof(full), path) == 0 && access(full, F_OK) == 0;
+}
+
+/* PYNQ_ALLOC_BACKEND, else the first usable board backend, else sim off-board */
+static PyObject *pa_resolve_default(pa_state *st)
+{
+    if (st->dflt != NULL) {
+        return st->dflt;
+    }
+    const char *env = getenv("PYNQ_ALLOC_BACKEND");
+    PyObject *be = NULL;
+    if (env != NULL && env[0] != '\0') {
+        be = pa_open_with_check(env);
+    } else {
+        for (size_t i = 0; be == NULL && pa_all_ops[i] != NULL; i++) {
+            pa_err why;
+            if (pa_all_ops[i]->board && pa_all_ops[i]->probe(NULL, &why) == 0) {
+                be = pa_open_with_check(pa_all_ops[i]->name);
+                if (be == NULL) {
+                    return NULL;
+                }
+            }
+        }
+        if (be == NULL && pa_path_exists("/proc/device-tree")) {
+            PyObject *rows = pa_probe_list(), *text = NULL;
+            if (rows != NULL) {
+                text = PyUnicode_FromString("");
+                for (Py_ssize_t i = 0; text != NULL && i < PyList_GET_SIZE(rows); i++) {
+                    PyObject *r = PyList_GET_ITEM(rows, i);
+                    if (PyTuple_GET_ITEM(r, 2) == Py_True) {
+                        PyObject *line = PyUnicode_FromFormat("\n  %S: %S", PyTuple_GET_ITEM(r, 0),
+                                                              PyTuple_GET_ITEM(r, 3));
+                        PyObject *next = line ? PyUnicode_Concat(text, line) : NULL;
+                        Py_XDECREF(line);
+                        Py_SETREF(text, next);
+                    }
+                }
+                Py_DECREF(rows);
+            }
+            if (text != NULL) {
+                PyErr_Format(PyExc_RuntimeError,
+                             "no usable DMA memory backend on this board (it has "
+                             "/proc/device-tree, so the simulated 'sim' backend is not used: "
+                             "its fake addresses would corrupt memory if given to real "
+                             "hardware). Probed:%U\nSet one up (see `python -m pynq_alloc "
+                             "info`) or choose one with PYNQ_ALLOC_BACKEND.",
+                             text);
+                Py_DECREF(text);
+            }
+            return NULL;
+        }
+        if (be == NULL) {
+            if (!st->warned) {
+                st->warned = 1;
+                if (PyErr_WarnEx(PyExc_UserWarning,
+                                 "pynq_alloc: no DMA hardware found; using the simulated 'sim' "
+                                 "backend (device addresses are simulated). Set "
+                                 "PYNQ_ALLOC_BACKEND to choose a backend.",
+                                 2) < 0) {
+                    return NULL;
+                }
+            }
+            be = pa_open_with_check("sim");
+        }
+    }
+    st->dflt = be;
+    return be;
+}
+
+static PyObject *pa_resolve_target(pa_state *st, PyObject *target)
+{
+    if (target == NULL || target == Py_None) {
+        return pa_resolve_default(st);
+    }
+    if (PaBackend_Check(target)) {
+        return target;
+    }
+    if (!PyUnicode_Check(target)) {
+        return NULL; /* not ours: the caller tries target.allocate */
+    }
+    PyObject *be = PyDict_GetItemWithError(st->specs, target);
+    if (be != NULL || PyErr_Occurred()) {
+        return be;
+    }
+    if (st->dflt != NULL &&
+        PyUnicode_Compare(((BackendObject *)st->dflt)->spec, target) == 0) {
+        return st->dflt;
+    }
+    const char *spec = PyUnicode_AsUTF8(target);
+    if (spec == NULL || (be = pa_open_with_check(spec)) == NULL) {
+        return NULL;
+    }
+    int rc = PyDict_SetItem(st->specs, target, be);
+    Py_DECREF(be); /* the dict keeps it */
+    return rc < 0 ? NULL : be;
+}
+
+/* PYNQ's contract for other targets: target.allocate(shape, dtype, **kwargs) */
+static PyObject *pa_allocate_foreign(PyObject *target, PyObject *shape, PyObject *dtype,
+                                     PyObject *cacheable, PyObject *align)
+{
+    PyObject *meth = PyObject_GetAttrString(target, "allocate");
+    if (meth == NULL) {
+        PyErr_Clear();
+        PyErr_Format(PyExc_TypeError,
+                     "target must be None, a backend, a spec string such as 'sim', or an "
+                     "object with an allocate(shape, dtype, **kwargs) method; got %.100s",
+                     Py_TYPE(target)->tp_name);
+        return NULL;
+    }
+    PyObject *kw = PyDict_New(), *res = NULL;
+    PyObject *args = Py_BuildValue("(OO)", shape, dtype != NULL ? dtype : Py_None);
+    if (dtype == NULL && args != NULL) {
+        Py_SETREF(args, Py_BuildValue("(Os)", shape, "u4"));
+    }
+    if (kw != NULL && args != NULL &&
+        (cacheable == Py_None || PyDict_SetItemString(kw, "cacheable", cacheable) == 0) &&
+        (align == Py_None || PyDict_SetItemString(kw, "align", align) == 0)) {
+        res = PyObject_Call(meth, args, kw);
+    }
+    Py_XDECREF(kw);
+    Py_XDECREF(args);
+    Py_DECREF(meth);
+    return res;
+}
+
+PyDoc_STRVAR(allocate_doc,
+             "allocate(shape, dtype='u4', target=None, *, cacheable=None, align=None)\n--\n\n"
+             "Allocate a zeroed, physically contiguous Buffer (a numpy.ndarray subclass).\n\n"
+             "target: None (the default backend), a backend, a spec string such as 'sim' or "
+             "'hugepage', or any object with an allocate(shape, dtype, **kwargs) method (PYNQ "
+             "devices and memories).\ncacheable: None for the backend's default; False asks for "
+             "a coherent (write-combine) buffer.\nalign: a power of two in bytes (default "
+             "4096).");
+
+static PyObject *pa_allocate(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
+{
+    static const char *const names[] = {"shape", "dtype", "target", "cacheable", "align"};
+    PyObject *v[5] = {NULL, NULL, NULL, Py_None, Py_None};
+    if (nargs > 3) {
+        PyErr_Format(PyExc_TypeError, "allocate() takes at most 3 positional arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        v[i] = args[i];
+    }
+    Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        int j = 0;
+        while (j < 5 && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) {
+            j++;
+        }
+        if (j == 5) {
+            PyErr_Format(PyExc_TypeError, "allocate() got an unexpected keyword argument '%U'",
+                         key);
+            return NULL;
+        }
+        if (j < nargs) {
+            PyErr_Format(PyExc_TypeError, "allocate() got multiple values for argument '%s'",
+                         names[j]);
+            return NULL;
+        }
+        v[j] = args[nargs + k];
+    }
+    if (v[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "allocate() missing required argument 'shape'");
+        return NULL;
+    }
+    PyObject *be = pa_resolve_target(pa_get_state(module), v[2]);
+    if (be == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        return pa_allocate_foreign(v[2], v[0], v[1], v[3], v[4]);
+    }
+    return pa_py_allocate((BackendObject *)be, v[0], v[1], v[3], v[4]);
+}
+
+PyDoc_STRVAR(open_backend_doc,
+             "open_backend(spec, **options)\n--\n\n"
+             "Open a new backend. spec: 'sim', 'hugepage', ... Options are backend specific, "
+             "e.g. open_backend('sim', size=64 << 20, coherent=False, check='raise').");
+
+static PyObject *pa_open_backend(PyObject *module, PyObject *args, PyObject *kwargs)
+{
+    (void)module;
+    PyObject *spec;
+    if (!PyArg_ParseTuple(args, "O:open_backend", &spec)) {
+        return NULL;
+    }
+    return pa_py_backend_open(spec, kwargs);
+}
+
+PyDoc_STRVAR(default_backend_doc,
+             "default_backend()\n--\n\n"
+             "The backend allocate() uses when no target is given: PYNQ_ALLOC_BACKEND, else the "
+             "first usable board backend, else (off-board only) 'sim' with a warning.");
+
+static PyObject *pa_default_backend(PyObject *module, PyObject *unused)
+{
+    (void)unused;
+    PyObject *be = pa_resolve_default(pa_get_state(module));
+    Py_XINCREF(be);
+    return be;
+}
+
+PyDoc_STRVAR(set_default_backend_doc,
+             "set_default_backend(spec_or_backend)\n--\n\n"
+             "Make a backend (or a spec string, opened now) the default; None goes back to "
+             "automatic selection.");
+
+static PyObject *pa_set_default_backend(PyObject *module, PyObject *arg)
+{
+    pa_state *st = pa_get_state(module);
+    PyObject *be;
+    if (arg == Py_None) {
+        Py_CLEAR(st->dflt);
+        Py_RETURN_NONE;
+    }
+    if (PaBackend_Check(arg)) {
+        Py_INCREF(arg);
+        be = arg;
+    } else if (PyUnicode_Check(arg)) {
+        const char *spec = PyUnicode_AsUTF8(arg);
+        if (spec == NULL || (be = pa_open_with_check(spec)) == NULL) {
+            return NULL;
+        }
+    } else {
+        PyErr_Format(PyExc_TypeError, "expected a backend or a spec string, not %.100s",
+                     Py_TYPE(arg)->tp_name);
+        return NULL;
+    }
+    Py_XSETREF(st->dflt, be);
+    Py_RETURN_NONE;
+}
+
+static PyObject *pa_probe(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return pa_probe_list();
+}
+
+static PyMethodDef pa_methods[] = {
+    {"allocate", (PyCFunction)(void (*)(void))pa_allocate, METH_FASTCALL | METH_KEYWORDS,
+     allocate_doc},
+    {"open_backend", (PyCFunction)(void (*)(void))pa_open_backend, METH_VARARGS | METH_KEYWORDS,
+     open_backend_doc},
+    {"default_backend", pa_default_backend, METH_NOARGS, default_backend_doc},
+    {"set_default_backend", pa_set_default_backend, METH_O, set_default_backend_doc},
+    {"_probe", pa_probe, METH_NOARGS,
+     "_probe()\n--\n\n[(name, usable, board, reason)] for every backend."},
+    {NULL, NULL, 0, NULL},
+};
+
+static int pa_exec(PyObject *module)
+{
+    pa_state *st = pa_get_state(module);
+    st->specs = PyDict_New();
+    if (st->specs == NULL) {
+        return -1;
+    }
+    /* types and exceptions are process-wide, as NumPy's own are */
+    if (PaExc_CoherencyWarning == NULL) {
+        PaExc_CoherencyWarning = PyErr_NewExceptionWithDoc(
+            "pynq_alloc.CoherencyWarning",
+            "The sim backend saw a cache-coherency mistake (missing flush()/invalidate()).",
+            PyExc_UserWarning, NULL);
+        PaExc_CoherencyError = PyErr_NewExceptionWithDoc(
+            "pynq_alloc.CoherencyError",
+            "The sim backend saw a cache-coherency mistake (check='raise').",
+            PyExc_RuntimeError, NULL);
+        if (PaExc_CoherencyWarning == NULL || PaExc_CoherencyError == NULL) {
+            return -1;
+        }
+        if (pa_py_buffer_ready() < 0 || pa_py_backend_ready() < 0) {
+            return -1;
+        }
+    }
+    if (PyModule_AddObjectRef(module, "Buffer", (PyObject *)&PaBuffer_Type) < 0 ||
+        PyModule_AddObjectRef(module, "Backend", (PyObject *)&PaBackend_Type) < 0 ||
+        PyModule_AddObjectRef(module, "CoherencyWarning", PaExc_CoherencyWarning) < 0 ||
+        PyModule_AddObjectRef(module, "CoherencyError", PaExc_CoherencyError) < 0 ||
+        PyModule_AddStringConstant(module, "known_backends", pa_known_backends()) < 0) {
+        return -1;
+    }
+    return 0;
+}
+
+static int pa_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    pa_state *st = pa_get_state(module);
+    Py_VISIT(st->dflt);
+    Py_VISIT(st->specs);
+    return 0;
+}
+
+static int pa_clear(PyObject *module)
+{
+    pa_state *st = pa_get_state(module);
+    Py_CLEAR(st->dflt);
+    Py_CLEAR(st->specs);
+    return 0;
+}
+
+static void pa_free_module(void *module)
+{
+    pa_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot pa_slots[] = {
+    {Py_mod_exec, (void *)pa_exec},
+#ifdef Py_mod_gil
+    /* the core locks its own state, but Buffer/Allocation counters rely on the GIL */
+    {Py_mod_gil, Py_MOD_GIL_USED},
+#endif
+    {0, NULL},
+};
+
+static struct PyModuleDef pa_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "pynq_alloc._pynq_alloc",
+    .m_doc = "Physically contiguous device memory as numpy arrays (C core).",
+    .m_size = sizeof(pa_state),
+    .m_methods = pa_methods,
+    .m_slots = pa_slots,
+    .m_traverse = pa_traverse,
+    .m_clear = pa_clear,
+    .m_free = pa_free_module,
+};
+
+PyMODINIT_FUNC PyInit__pynq_alloc(void)
+{
+    import_array();
+    return PyModuleDef_Init(&pa_module);
+}

@@ -1,0 +1,131 @@
+"""Bad input: a clear Python exception, nothing allocated."""
+import numpy as np
+import pytest
+
+import pynq_alloc
+from pynq_alloc import allocate
+
+
+def nothing_used(be):
+    info = be.info()
+    return info["used"] == 0 and info["buffers"] == 0
+
+
+@pytest.mark.parametrize("shape", [-1, (3, -2), (-5,)])
+def test_negative_dimensions(sim, shape):
+    with pytest.raises(ValueError, match="negative dimensions"):
+        sim.allocate(shape)
+    assert nothing_used(sim)
+
+
+@pytest.mark.parametrize("shape", [(2**40, 2**40), (2**62, 4), (2**31, 2**31, 2**31)])
+def test_overflowing_shapes(sim, shape):
+    with pytest.raises(ValueError, match="too big"):
+        sim.allocate(shape, "u8")
+    assert nothing_used(sim)
+
+
+@pytest.mark.parametrize("shape", [3.0, "3", None, [[1, 2]], object()])
+def test_bad_shape_types(sim, shape):
+    with pytest.raises(TypeError):
+        sim.allocate(shape)
+    assert nothing_used(sim)
+
+
+@pytest.mark.parametrize("dtype", [object, "O", [("a", "O")], [("a", "u4"), ("b", "O", (2,))]])
+def test_object_dtypes_refused(sim, dtype):
+    with pytest.raises(TypeError, match="Python objects"):
+        sim.allocate(4, dtype)
+    assert nothing_used(sim)
+
+
+def test_bad_dtype(sim):
+    with pytest.raises(TypeError):
+        sim.allocate(4, "not a dtype")
+    assert nothing_used(sim)
+
+
+@pytest.mark.parametrize("align", [0, 3, 48, -64, 2**31, 2**40])
+def test_bad_align(sim, align):
+    with pytest.raises(ValueError, match="power of two"):
+        sim.allocate(4, align=align)
+    assert nothing_used(sim)
+
+
+@pytest.mark.parametrize("align", [1.0, "64", True])
+def test_align_type(sim, align):
+    with pytest.raises(TypeError):
+        sim.allocate(4, align=align)
+
+
+def test_too_large_request_says_what_is_free(sim):
+    keep = sim.allocate(1 << 20, "u1")
+    with pytest.raises(MemoryError) as exc:
+        sim.allocate(32 << 20, "u1")
+    msg = str(exc.value)
+    assert "33554432" in msg and str(sim.info()["free"]) in msg and "largest free block" in msg
+    assert sim.info()["buffers"] == 1
+    del keep
+    assert nothing_used(sim)
+
+
+def test_unknown_backend_lists_known():
+    with pytest.raises(ValueError, match="known backends: sim, hugepage"):
+        pynq_alloc.open_backend("nosuch")
+    with pytest.raises(ValueError, match="known backends"):
+        allocate(4, target="nosuch")
+
+
+def test_unknown_backend_option():
+    with pytest.raises(ValueError, match="no option 'sise'.*size"):
+        pynq_alloc.open_backend("sim", sise=4096)
+
+
+@pytest.mark.parametrize("opts", [dict(size=-5), dict(size=100), dict(size="big"),
+                                  dict(coherent="maybe"), dict(check="loud"),
+                                  dict(base_address=2**64 - 4096)])
+def test_bad_sim_options(opts):
+    with pytest.raises(ValueError):
+        pynq_alloc.open_backend("sim", **opts)
+
+
+def test_bad_option_value_type():
+    with pytest.raises(TypeError):
+        pynq_alloc.open_backend("sim", size=1.5)
+
+
+def test_bad_target_type(sim):
+    with pytest.raises(TypeError, match="target must be"):
+        allocate(4, target=42)
+
+
+def test_allocate_argument_errors():
+    with pytest.raises(TypeError):
+        allocate()
+    with pytest.raises(TypeError):
+        allocate(4, "u4", None, 5)
+    with pytest.raises(TypeError):
+        allocate(4, colour="red")
+    with pytest.raises(TypeError):
+        allocate(4, shape=4)
+
+
+def test_zero_size_is_allowed(sim):
+    buf = sim.allocate((0, 5))
+    assert buf.size == 0 and buf.device_address is not None
+    buf.flush()
+    del buf
+    assert nothing_used(sim)
+
+
+def test_closed_backend_refuses(sim):
+    sim.close()
+    with pytest.raises(ValueError, match="closed"):
+        sim.allocate(4)
+    with pytest.raises(ValueError, match="closed"):
+        sim.device_read(0x4000_0000, 4)
+
+
+def test_non_bool_cacheable_is_truthiness(sim):
+    assert sim.allocate(4, cacheable=0).coherent is True
+    assert np.all(sim.allocate(4, cacheable=1) == 0)

@@ -1,0 +1,204 @@
+"""Memory goes back when the last thing that can reach it is gone; freebuffer()'s contract."""
+import gc
+
+import numpy as np
+import pytest
+
+from pynq_alloc import allocate
+
+
+def used(be):
+    return be.info()["used"]
+
+
+def test_del_frees_at_once(sim):
+    buf = sim.allocate(1000)
+    assert used(sim) > 0
+    del buf
+    assert used(sim) == 0 and sim.info()["buffers"] == 0
+
+
+def test_views_keep_memory_alive(sim):
+    buf = sim.allocate(100)
+    buf[:] = 42
+    view = buf[10:20]
+    del buf
+    gc.collect()
+    assert used(sim) > 0 and view.tolist() == [42] * 10
+    del view
+    assert used(sim) == 0
+
+
+def test_plain_views_and_memoryviews_keep_memory_alive(sim):
+    buf = sim.allocate(100)
+    plain = np.asarray(buf)
+    mv = memoryview(buf[5:])
+    del buf
+    assert used(sim) > 0
+    plain[:] = 1
+    del plain
+    assert used(sim) > 0
+    assert bytes(mv)[:8] == b"\x01\x00\x00\x00" * 2
+    mv.release()
+    del mv
+    assert used(sim) == 0
+
+
+def test_no_leak_over_100k_cycles(sim):
+    for i in range(100_000):
+        b = sim.allocate(16 + i % 300, "u1", align=64)
+        b[0] = 1
+        del b
+    assert used(sim) == 0 and sim.info()["buffers"] == 0
+    assert sim.info()["largest_free"] == sim.info()["total"]  # fully coalesced
+
+
+def test_freebuffer_releases_at_once(sim):
+    buf = sim.allocate(1000)
+    buf.freebuffer()
+    assert used(sim) == 0
+    assert buf.size == 0 and not buf.flags.writeable
+    assert buf.device_address is None and buf.physical_address is None
+    buf.freebuffer()  # a second call is a no-op
+    with pytest.raises(IndexError):
+        buf[0]
+    with pytest.raises(ValueError, match="freebuffer"):
+        buf.flush()
+    assert buf.sum() == 0 and buf.tolist() == []
+
+
+def test_freebuffer_on_0d_buffer(sim):
+    buf = sim.allocate((), "f8")
+    buf[()] = 2.5
+    buf.freebuffer()
+    assert buf.shape == (0,) and used(sim) == 0
+
+
+def test_freebuffer_refuses_while_views_exist(sim):
+    buf = sim.allocate(64)
+    view = buf[3:9]
+    with pytest.raises(BufferError, match="1 view"):
+        buf.freebuffer()
+    assert view.device_address is not None and used(sim) > 0
+    del view
+    buf.freebuffer()
+    assert used(sim) == 0
+
+
+def test_freebuffer_refuses_while_exports_exist(sim):
+    buf = sim.allocate(64)
+    mv = memoryview(buf)
+    with pytest.raises(BufferError, match="1 buffer export"):
+        buf.freebuffer()
+    mv.release()
+    buf.freebuffer()
+    assert used(sim) == 0
+
+
+def test_freebuffer_refuses_while_plain_ndarray_views_exist(sim):
+    # np.asarray(buf) is a plain ndarray over the same memory: counted exactly
+    buf = sim.allocate(64)
+    plain = np.asarray(buf)
+    assert type(plain) is np.ndarray
+    with pytest.raises(BufferError, match="1 plain ndarray view"):
+        buf.freebuffer()
+    other = buf.view(np.ndarray)[2:]
+    with pytest.raises(BufferError, match="2 plain ndarray view"):
+        buf.freebuffer()
+    del plain, other
+    buf.freebuffer()
+    assert used(sim) == 0
+
+
+def test_plain_view_of_a_view_counts_as_that_view(sim):
+    buf = sim.allocate(64)
+    plain = np.asarray(buf[4:])
+    with pytest.raises(BufferError):
+        buf.freebuffer()
+    del plain
+    buf.freebuffer()
+
+
+def test_extra_references_do_not_block_freebuffer(sim):
+    # Jupyter's Out[] history holds references to the buffer itself
+    buf = sim.allocate(64)
+    history = {1: buf, 2: buf}
+    also = [buf, buf]
+    buf.freebuffer()
+    assert used(sim) == 0 and history[1].size == 0 and also[0].device_address is None
+
+
+def test_freebuffer_on_a_view_is_refused(sim):
+    buf = sim.allocate(64)
+    view = buf[1:]
+    with pytest.raises(BufferError, match="allocate\\(\\) returned"):
+        view.freebuffer()
+    del buf
+    with pytest.raises(BufferError):
+        view.freebuffer()
+    del view
+    assert used(sim) == 0
+
+
+def test_copy_freebuffer_is_harmless(sim):
+    c = sim.allocate(8).copy()
+    c.freebuffer()
+    assert c.shape == (8,)
+
+
+def test_context_manager_frees(sim):
+    with sim.allocate(128) as buf:
+        buf[:] = 3
+        assert used(sim) > 0
+    assert used(sim) == 0 and buf.size == 0
+
+
+def test_close_is_freebuffer(sim):
+    buf = sim.allocate(128)
+    buf.close()
+    assert used(sim) == 0
+
+
+def test_base_anchor_is_not_a_loophole(sim):
+    buf = sim.allocate(16)
+    base = buf.base  # a plain ndarray over the memory
+    with pytest.raises(BufferError):
+        buf.freebuffer()
+    del base
+    buf.freebuffer()
+    assert buf.base.size == 0  # the anchor was emptied too
+
+
+def test_backend_close_with_live_buffers_is_deferred(sim):
+    buf = sim.allocate(16)
+    buf[:] = 5
+    sim.close()
+    with pytest.raises(ValueError, match="closed"):
+        sim.allocate(4)
+    assert buf.tolist() == [5] * 16  # memory still valid
+    buf.flush()
+    del buf  # the last buffer closes the backend for real
+    assert sim.info()["closed"] is True
+
+
+def test_dropping_backend_object_is_safe():
+    import pynq_alloc
+
+    be = pynq_alloc.open_backend("sim", size=1 << 20)
+    buf = be.allocate(10)
+    del be
+    buf[:] = 3
+    buf.flush()
+    assert buf.backend.info()["used"] > 0
+    assert buf.tolist() == [3] * 10
+
+
+def test_default_target_buffers_are_released():
+    import pynq_alloc
+
+    be = pynq_alloc.default_backend()
+    before = be.info()["used"]
+    buf = allocate(1 << 16, "u1")
+    assert be.info()["used"] > before
+    del buf
+    assert be.info()["used"] == before
