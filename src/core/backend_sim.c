@@ -277,8 +277,8 @@ static void pa_sim_writeback(pa_sim *s, size_t lo, size_t hi)
     }
 }
 
-static int pa_sim_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
-                       pa_sync_dir dir, pa_err *err)
+static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, size_t len,
+                              pa_sync_dir dir, pa_err *err)
 {
     pa_sim *s = be->priv;
     size_t start = (size_t)blk->aux + off;
@@ -335,6 +335,16 @@ static int pa_sim_sync(pa_backend *be, const pa_block *blk, size_t off, size_t l
         }
     }
     return report;
+}
+
+/* the simulated device and the line flags are shared state: one lock for both */
+static int pa_sim_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
+                       pa_sync_dir dir, pa_err *err)
+{
+    pthread_mutex_lock(&be->lock);
+    int rc = pa_sim_sync_locked(be, blk, off, len, dir, err);
+    pthread_mutex_unlock(&be->lock);
+    return rc;
 }
 
 int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, bool write,

@@ -140,9 +140,13 @@ static int stats_match(pa_tlsf *t, const model *m, int with_largest, char *why, 
 static void test_create(void)
 {
     pa_tlsf *t = pa_tlsf_create(MiB, G);
+    if (t == NULL) {
+        check(0, "create", "out of memory");
+        return;
+    }
     pa_tlsf_stats st;
     pa_tlsf_get_stats(t, &st);
-    check(t != NULL && st.total == MiB && st.free == MiB && st.used == 0 && st.blocks == 0 &&
+    check(st.total == MiB && st.free == MiB && st.used == 0 && st.blocks == 0 &&
               st.largest_free == MiB,
           "create: an empty region is one free block", "total %zu free %zu largest %zu", st.total,
           st.free, st.largest_free);
@@ -336,7 +340,8 @@ static void test_random(void)
          * and the draining side are exercised */
         size_t phase = op % 50000;
         size_t target = phase < 25000 ? phase / 5 : (50000 - phase) / 5;
-        int do_alloc = m.nlive == 0 || (m.nlive < 5000 && rng_below(100) < (m.nlive < target ? 70 : 30));
+        size_t bias = m.nlive < target ? 70 : 30;
+        int do_alloc = m.nlive == 0 || (m.nlive < 5000 && rng_below(100) < bias);
         if (do_alloc) {
             size_t r = rng_below(100), size, align = G;
             if (r < 70) {
@@ -450,9 +455,9 @@ static void test_overflow(void)
     /* top/2 aligned to top, then the pieces around it: every block's
      * size + align - granule overflows or exceeds the region */
     pa_tlsf_block *hb[4];
-    size_t want_off[4] = {0, top_align, G, top_align + top_align / 2};
-    size_t want_size[4] = {G, top_align / 2, top_align - G, total - top_align - top_align / 2};
-    size_t want_align[4] = {G, top_align, G, G};
+    const size_t want_off[4] = {0, top_align, G, top_align + top_align / 2};
+    const size_t want_size[4] = {G, top_align / 2, top_align - G, total - top_align - top_align / 2};
+    const size_t want_align[4] = {G, top_align, G, G};
     int ok2 = 1;
     for (int i = 0; i < 4; i++) {
         rc = pa_tlsf_alloc(t, want_size[i], want_align[i], &off, &got, &hb[i]);
