@@ -490,15 +490,19 @@ static PyObject *buffer_array_finalize(PyObject *self, PyObject *obj)
 static PyObject *buffer_array_wrap(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"array", "context", "return_scalar", NULL};
-    PyObject *arr, *context = Py_None;
-    int return_scalar = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|Op:__array_wrap__", kwlist, &PyArray_Type,
-                                     &arr, &context, &return_scalar)) {
+    PyObject *arr, *context = Py_None, *scalar = NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|OO:__array_wrap__", kwlist, &PyArray_Type,
+                                     &arr, &context, &scalar)) {
         return NULL;
     }
     if (arr == self || (PaBuffer_Check(arr) && ((BufferObject *)arr)->alloc != NULL)) {
         Py_INCREF(arr); /* an out= argument that is device memory stays what it is */
         return arr;
+    }
+    /* NumPy 2 says whether it wants a scalar; NumPy 1.x expects 0-d results as scalars */
+    int return_scalar = scalar == NULL ? 1 : PyObject_IsTrue(scalar);
+    if (return_scalar < 0) {
+        return NULL;
     }
     if (return_scalar && PyArray_NDIM((PyArrayObject *)arr) == 0) {
         Py_INCREF(arr);
