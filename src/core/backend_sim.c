@@ -39,6 +39,38 @@ static void *pa_sim_map(size_t size)
     return p == MAP_FAILED ? NULL : p;
 }
 
+/* The CPU side is aligned like the device side (to the largest power of two
+ * up to 1 GiB that fits the region), so align= holds for virtual addresses too. */
+static size_t pa_sim_cpu_align(size_t size)
+{
+    size_t a = (size_t)1 << 30;
+    while (a > 4096 && a > size) {
+        a >>= 1;
+    }
+    return a;
+}
+
+static void *pa_sim_map_aligned(size_t size, size_t align)
+{
+    size_t span;
+    if (__builtin_add_overflow(size, align, &span)) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    uint8_t *p = pa_sim_map(span);
+    if (p == NULL) {
+        return NULL;
+    }
+    uint8_t *start = (uint8_t *)(((uintptr_t)p + align - 1) & ~((uintptr_t)align - 1));
+    if (start > p) {
+        munmap(p, (size_t)(start - p));
+    }
+    if (p + span > start + size) {
+        munmap(start + size, (size_t)(p + span - (start + size)));
+    }
+    return start;
+}
+
 static void pa_sim_unmap(void *p, size_t size)
 {
     if (p != NULL) {
@@ -117,7 +149,7 @@ static int pa_sim_open(pa_backend *be, const char *arg, const pa_option *opts, s
     s->size = (size_t)size;
     s->base = base;
     s->check = check;
-    s->cpu = pa_sim_map(s->size);
+    s->cpu = pa_sim_map_aligned(s->size, pa_sim_cpu_align(s->size));
     s->lines = pa_sim_map(s->size / PA_LINE);
     if (s->cpu == NULL || s->lines == NULL) {
         goto fail_map;

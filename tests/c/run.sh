@@ -27,7 +27,7 @@ for src in tests/c/test_*.c; do
     name=$(basename "$src" .c)
     # shellcheck disable=SC2046,SC2086 # word splitting of the flag and source lists is wanted
     if ! "$CC" -std=c11 -Wall -Wextra -Werror -O1 -g $EXTRA_CFLAGS -Isrc/core \
-        -o "$BIN/$name" "$src" $(sources_for "$name") -pthread; then
+        -o "$BIN/$name" "$src" $(sources_for "$name") -pthread -ldl; then
         echo "FAIL $name: does not compile"
         failed=$((failed + 1))
         continue
