@@ -163,15 +163,15 @@ static BackendObject *backend_open_or_raise(PyObject *op)
     return self;
 }
 
-static PyObject *backend_allocate(PyObject *op, PyObject *args, PyObject *kwds)
+static PyObject *backend_allocate(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                                  PyObject *kwnames)
 {
-    static char *kwlist[] = {"shape", "dtype", "cacheable", "align", NULL};
-    PyObject *shape, *dtype = NULL, *cacheable = Py_None, *align = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|O$OO:allocate", kwlist, &shape, &dtype,
-                                     &cacheable, &align)) {
+    static const char *const names[] = {"shape", "dtype", "cacheable", "align"};
+    PyObject *v[4] = {NULL, NULL, Py_None, Py_None};
+    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 2, 4, v) < 0) {
         return NULL;
     }
-    return pa_py_allocate((BackendObject *)op, shape, dtype, cacheable, align);
+    return pa_py_allocate((BackendObject *)op, v[0], v[1], v[2], v[3]);
 }
 
 static PyObject *backend_info(PyObject *op, PyObject *unused)
@@ -316,7 +316,7 @@ PyDoc_STRVAR(device_write_doc,
              "data (any bytes-like object) at device_address.");
 
 static PyMethodDef backend_methods[] = {
-    {"allocate", (PyCFunction)(void (*)(void))backend_allocate, METH_VARARGS | METH_KEYWORDS,
+    {"allocate", (PyCFunction)(void (*)(void))backend_allocate, METH_FASTCALL | METH_KEYWORDS,
      allocate_doc},
     {"info", backend_info, METH_NOARGS, info_doc},
     {"close", backend_close, METH_NOARGS, close_doc},

@@ -66,6 +66,10 @@ int pa_py_backend_ready(void);
 PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs);
 PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
                          PyObject *align);
+/* argument parsing for METH_FASTCALL | METH_KEYWORDS: out[] has nall slots,
+ * preset to defaults (NULL = missing); the first name is required */
+int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                   const char *const *names, int npos, int nall, PyObject **out);
 /* release the core block (idempotent); closes the core backend if it was the last */
 void pa_py_allocation_release(AllocationObject *a);
 

@@ -170,10 +170,95 @@ static PyArray_Descr *pa_sized_descr(PyArray_Descr *d)
     return n;
 }
 
+/* dtype conversion cache: the same dtype objects ('u4', np.uint32) come back
+ * on every call, so remember what a few of them converted to, by identity */
+#define PA_DTYPE_CACHE 8
+static struct {
+    PyObject *key;
+    PyArray_Descr *descr;
+} pa_dtype_cache[PA_DTYPE_CACHE];
+static unsigned pa_dtype_next;
+
+static PyArray_Descr *pa_convert_dtype(PyObject *dtype)
+{
+    PyArray_Descr *descr = NULL;
+    if (dtype == NULL) {
+        return PyArray_DescrFromType(NPY_UINT32); /* PYNQ's default */
+    }
+    if (PyArray_DescrCheck(dtype)) {
+        Py_INCREF(dtype);
+        return (PyArray_Descr *)dtype;
+    }
+    for (unsigned i = 0; i < PA_DTYPE_CACHE; i++) {
+        if (pa_dtype_cache[i].key == dtype) {
+            Py_INCREF(pa_dtype_cache[i].descr);
+            return pa_dtype_cache[i].descr;
+        }
+    }
+    if (!PyArray_DescrConverter(dtype, &descr)) {
+        return NULL;
+    }
+    /* only immutable keys: a str or a type always converts the same way */
+    if (PyUnicode_CheckExact(dtype) || PyType_Check(dtype)) {
+        unsigned i = pa_dtype_next++ % PA_DTYPE_CACHE;
+        Py_INCREF(dtype);
+        Py_INCREF(descr);
+        Py_XSETREF(pa_dtype_cache[i].key, dtype);
+        Py_XSETREF(pa_dtype_cache[i].descr, descr);
+    }
+    return descr;
+}
+
+#define PA_MAXDIMS 64 /* NumPy 2's limit; NumPy 1.x's (32) is lower */
+
+/* shape: ints and tuples of ints directly, anything else (and anything odd,
+ * e.g. out of range) through NumPy's converter so errors are NumPy's */
+static int pa_convert_shape(PyObject *shape, npy_intp *dims, int *nd)
+{
+    if (PyLong_CheckExact(shape)) {
+        dims[0] = PyLong_AsSsize_t(shape);
+        if (dims[0] != -1 || !PyErr_Occurred()) {
+            *nd = 1;
+            return 0;
+        }
+        PyErr_Clear();
+    } else if (PyTuple_CheckExact(shape) && PyTuple_GET_SIZE(shape) <= NPY_MAXDIMS) {
+        Py_ssize_t n = PyTuple_GET_SIZE(shape), i = 0;
+        for (; i < n && PyLong_CheckExact(PyTuple_GET_ITEM(shape, i)); i++) {
+            dims[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
+            if (dims[i] == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                break;
+            }
+        }
+        if (i == n) {
+            *nd = (int)n;
+            return 0;
+        }
+    }
+    PyArray_Dims d = {NULL, 0};
+    if (!PyArray_IntpConverter(shape, &d)) {
+        return -1;
+    }
+    if (d.len > PA_MAXDIMS) { /* the converter enforces NPY_MAXDIMS; keep our array safe anyway */
+        PyDimMem_FREE(d.ptr);
+        PyErr_Format(PyExc_ValueError, "maximum supported dimension for an ndarray is %d",
+                     PA_MAXDIMS);
+        return -1;
+    }
+    if (d.len > 0) {
+        memcpy(dims, d.ptr, (size_t)d.len * sizeof(npy_intp));
+    }
+    *nd = d.len;
+    PyDimMem_FREE(d.ptr);
+    return 0;
+}
+
 PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
                          PyObject *align)
 {
-    PyArray_Dims dims = {NULL, 0};
+    npy_intp dimv[PA_MAXDIMS];
+    PyArray_Dims dims = {dimv, 0};
     PyArray_Descr *descr = NULL;
     AllocationObject *a = NULL;
     PyObject *anchor = NULL, *root = NULL;
@@ -185,15 +270,12 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
         PyErr_Format(PyExc_ValueError, "backend %U is closed", b->spec);
         return NULL;
     }
-    if (!PyArray_IntpConverter(shape, &dims)) {
+    if (pa_convert_shape(shape, dimv, &dims.len) < 0) {
         return NULL;
     }
-    if (!PyArray_DescrConverter(dtype != NULL ? dtype : Py_None, &descr)) {
+    descr = pa_convert_dtype(dtype);
+    if (descr == NULL) {
         goto fail;
-    }
-    if (dtype == NULL) { /* PYNQ's default */
-        Py_DECREF(descr);
-        descr = PyArray_DescrFromType(NPY_UINT32);
     }
     descr = pa_sized_descr(descr);
     if (descr == NULL) {
@@ -261,13 +343,11 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     a->anchor = anchor;
     a->root = root;
     pa_link((BufferObject *)root, a);
-    PyDimMem_FREE(dims.ptr);
     return root;
 
 fail_anchor:
     Py_XDECREF(root);
     Py_XDECREF(anchor);
-    PyDimMem_FREE(dims.ptr);
     return NULL;
 fail:
     if (anchor != NULL) {
@@ -276,7 +356,6 @@ fail:
         Py_XDECREF(a);
     }
     Py_XDECREF(descr);
-    PyDimMem_FREE(dims.ptr);
     return NULL;
 }
 
@@ -467,21 +546,32 @@ static PyObject *buffer_exit(PyObject *self, PyObject *const *args, Py_ssize_t n
 }
 
 /* Links a new Buffer to the allocation of the array it came from, but only
- * when all its bytes lie inside that allocation (copies get no address). */
-static PyObject *buffer_array_finalize(PyObject *self, PyObject *obj)
+ * when all its bytes lie inside that allocation (copies get no address).
+ * NumPy calls this for every view, so it is stored as a PyCapsule, which NumPy
+ * (1.x and 2.x) calls as a C function instead of a Python-level method call. */
+static int buffer_finalize(PyArrayObject *self, PyObject *obj)
 {
     BufferObject *buf = (BufferObject *)self;
-    if (buf->alloc != NULL || obj == Py_None) {
-        Py_RETURN_NONE;
+    if (buf->alloc != NULL || obj == NULL || obj == Py_None) {
+        return 0;
     }
     AllocationObject *a = pa_find_allocation(obj);
     if (a == NULL || a->backend == NULL) {
-        Py_RETURN_NONE;
+        return 0;
     }
     char *lo, *hi, *start = a->block.cpu;
-    pa_extent((PyArrayObject *)self, &lo, &hi);
+    pa_extent(self, &lo, &hi);
     if (lo >= start && hi <= start + a->block.size) {
         pa_link(buf, a);
+    }
+    return 0;
+}
+
+/* for Python subclasses that define their own __array_finalize__ */
+static PyObject *buffer_link_method(PyObject *self, PyObject *obj)
+{
+    if (buffer_finalize((PyArrayObject *)self, obj) < 0) {
+        return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -641,7 +731,10 @@ static PyMethodDef buffer_methods[] = {
     {"close", buffer_freebuffer, METH_NOARGS, close_doc},
     {"__enter__", buffer_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL, NULL},
-    {"__array_finalize__", buffer_array_finalize, METH_O, NULL},
+    {"_array_finalize", buffer_link_method, METH_O,
+     "_array_finalize(obj)\n--\n\nWhat Buffer.__array_finalize__ does (a C function NumPy calls "
+     "directly); a Python subclass that defines __array_finalize__ calls this instead of "
+     "super().__array_finalize__(obj)."},
     {"__array_wrap__", (PyCFunction)(void (*)(void))buffer_array_wrap,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"__reduce__", buffer_reduce, METH_NOARGS, NULL},
@@ -693,5 +786,12 @@ int pa_py_buffer_ready(void)
     if (PyType_Ready(&PaAllocation_Type) < 0 || PyType_Ready(&PaBuffer_Type) < 0) {
         return -1;
     }
-    return 0;
+    PyObject *fin = PyCapsule_New((void *)buffer_finalize, NULL, NULL);
+    if (fin == NULL) {
+        return -1;
+    }
+    int rc = PyDict_SetItemString(PaBuffer_Type.tp_dict, "__array_finalize__", fin);
+    Py_DECREF(fin);
+    PyType_Modified(&PaBuffer_Type);
+    return rc;
 }

@@ -2,6 +2,7 @@
  * (allocate, open_backend, default_backend, set_default_backend). */
 #define PA_IMPORT_ARRAY
 #include "binding.h"
+#include "cache.h"
 
 #include <errno.h>
 #include <string.h>
@@ -197,40 +198,49 @@ PyDoc_STRVAR(allocate_doc,
              "a coherent (write-combine) buffer.\nalign: a power of two in bytes (default "
              "4096).");
 
-static PyObject *pa_allocate(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
-                             PyObject *kwnames)
+int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                   const char *const *names, int npos, int nall, PyObject **out)
 {
-    static const char *const names[] = {"shape", "dtype", "target", "cacheable", "align"};
-    PyObject *v[5] = {NULL, NULL, NULL, Py_None, Py_None};
-    if (nargs > 3) {
-        PyErr_Format(PyExc_TypeError, "allocate() takes at most 3 positional arguments (%zd given)",
-                     nargs);
-        return NULL;
+    if (nargs > npos) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional arguments (%zd given)",
+                     fname, npos, nargs);
+        return -1;
     }
     for (Py_ssize_t i = 0; i < nargs; i++) {
-        v[i] = args[i];
+        out[i] = args[i];
     }
     Py_ssize_t nkw = kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0;
     for (Py_ssize_t k = 0; k < nkw; k++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, k);
         int j = 0;
-        while (j < 5 && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) {
+        while (j < nall && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) {
             j++;
         }
-        if (j == 5) {
-            PyErr_Format(PyExc_TypeError, "allocate() got an unexpected keyword argument '%U'",
+        if (j == nall) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
                          key);
-            return NULL;
+            return -1;
         }
         if (j < nargs) {
-            PyErr_Format(PyExc_TypeError, "allocate() got multiple values for argument '%s'",
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
                          names[j]);
-            return NULL;
+            return -1;
         }
-        v[j] = args[nargs + k];
+        out[j] = args[nargs + k];
     }
-    if (v[0] == NULL) {
-        PyErr_SetString(PyExc_TypeError, "allocate() missing required argument 'shape'");
+    if (out[0] == NULL) {
+        PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[0]);
+        return -1;
+    }
+    return 0;
+}
+
+static PyObject *pa_allocate(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                             PyObject *kwnames)
+{
+    static const char *const names[] = {"shape", "dtype", "target", "cacheable", "align"};
+    PyObject *v[5] = {NULL, NULL, NULL, Py_None, Py_None};
+    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 3, 5, v) < 0) {
         return NULL;
     }
     PyObject *be = pa_resolve_target(pa_get_state(module), v[2]);
@@ -308,6 +318,15 @@ static PyObject *pa_probe(PyObject *module, PyObject *unused)
     return pa_probe_list();
 }
 
+static PyObject *pa_cache_info(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return Py_BuildValue("{s:s,s:n,s:O}", "method", pa_cache_method(), "line_size",
+                         (Py_ssize_t)pa_cache_line_size(), "user_space",
+                         pa_cache_user_maintenance() ? Py_True : Py_False);
+}
+
 static PyMethodDef pa_methods[] = {
     {"allocate", (PyCFunction)(void (*)(void))pa_allocate, METH_FASTCALL | METH_KEYWORDS,
      allocate_doc},
@@ -315,6 +334,8 @@ static PyMethodDef pa_methods[] = {
      open_backend_doc},
     {"default_backend", pa_default_backend, METH_NOARGS, default_backend_doc},
     {"set_default_backend", pa_set_default_backend, METH_O, set_default_backend_doc},
+    {"cache_info", pa_cache_info, METH_NOARGS,
+     "cache_info()\n--\n\nThis CPU's cache maintenance: method, line_size, user_space."},
     {"_probe", pa_probe, METH_NOARGS,
      "_probe()\n--\n\n[(name, usable, board, reason)] for every backend."},
     {NULL, NULL, 0, NULL},

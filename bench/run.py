@@ -1,0 +1,215 @@
+"""pynq_alloc benchmark: every figure against a baseline measured in the same run.
+
+    python bench/run.py            # full run (about a minute)
+    python bench/run.py --quick    # tiny setting: checks the script runs end to end
+
+Each figure is timed in interleaved repeats (baseline, then ours) and reported
+as min/median/max nanoseconds per operation plus the median of the per-repeat
+ratios, so drift on a shared machine hits both sides alike."""
+import argparse
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import timeit
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from pynq_like import PynqLikeBuffer  # noqa: E402
+
+import pynq_alloc  # noqa: E402
+
+ROWS = []
+
+
+def per_op(stmt, number, glb):
+    return timeit.timeit(stmt, globals=glb, number=number) / number * 1e9
+
+
+def figure(name, ours, base, glb, number, repeats, goal, base_name, pynq=None):
+    """Times `ours` and `base` (and a PYNQ-design equivalent) in interleaved repeats."""
+    t_ours, t_base, t_pynq, ratios = [], [], [], []
+    for _ in range(repeats):
+        b = per_op(base, number, glb)
+        o = per_op(ours, number, glb)
+        t_base.append(b)
+        t_ours.append(o)
+        ratios.append(o / b)
+        if pynq is not None:
+            t_pynq.append(per_op(pynq, number, glb))
+    row = dict(name=name, baseline=base_name, ours=t_ours, base=t_base, ratio=statistics.median(ratios),
+               goal=goal, pynq=(statistics.median(t_pynq) / statistics.median(t_base)) if t_pynq else None,
+               unit="ns")
+    ROWS.append(row)
+    return row
+
+
+def timed_once(fn, repeats):
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append((time.perf_counter() - t0) * 1e9)
+    return out
+
+
+def big_figure(name, ours_fn, base_fn, prepare, repeats, goal, base_name):
+    t_ours, t_base, ratios = [], [], []
+    for _ in range(repeats):
+        prepare()
+        b = timed_once(base_fn, 1)[0]
+        prepare()
+        o = timed_once(ours_fn, 1)[0]
+        t_ours.append(o)
+        t_base.append(b)
+        ratios.append(o / b)
+    ROWS.append(dict(name=name, baseline=base_name, ours=t_ours, base=t_base,
+                     ratio=statistics.median(ratios), goal=goal, pynq=None, unit="ns"))
+
+
+def process_figure(repeats):
+    """import + first allocation in a fresh interpreter vs `import numpy`."""
+    rss = "import resource; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    base = f"import numpy; {rss}"
+    ours = f"import pynq_alloc; pynq_alloc.allocate(1024, 'u4', target='sim'); {rss}"
+    env = dict(os.environ)
+    env.pop("PYNQ_ALLOC_BACKEND", None)
+    t_ours, t_base, r_ours, r_base, ratios = [], [], [], [], []
+    for _ in range(repeats):
+        for code, times, rsses in ((base, t_base, r_base), (ours, t_ours, r_ours)):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True, env=env, cwd="/")
+            times.append((time.perf_counter() - t0) * 1e9)
+            rsses.append(int(out.stdout.split()[-1]))
+        ratios.append(t_ours[-1] / t_base[-1])
+    ROWS.append(dict(name="import + first allocate (sim), whole process",
+                     baseline='python -c "import numpy"', ours=t_ours, base=t_base,
+                     ratio=statistics.median(ratios), goal=1.3, pynq=None, unit="ns"))
+    drss = (statistics.median(r_ours) - statistics.median(r_base)) / 1024
+    ROWS.append(dict(name="  RSS of that process", baseline="same", ours=[statistics.median(r_ours) * 1024],
+                     base=[statistics.median(r_base) * 1024], ratio=None, goal=None, pynq=None,
+                     unit="B", note=f"+{drss:.1f} MiB (goal: within 5 MiB)", ok=drss <= 5))
+
+
+def fmt_ns(v, unit):
+    if unit == "B":
+        return f"{v / 2**20:.1f} MiB"
+    if v >= 1e6:
+        return f"{v / 1e6:.2f} ms"
+    if v >= 1e3:
+        return f"{v / 1e3:.2f} us"
+    return f"{v:.0f} ns"
+
+
+def report(meta):
+    lines = [
+        f"pynq_alloc {pynq_alloc.__version__} · Python {platform.python_version()} · NumPy "
+        f"{np.__version__} · {platform.machine()} · {os.cpu_count()} CPUs · {meta}",
+        "",
+        "| figure | baseline | ours (min / median / max) | baseline median | ratio | goal | PYNQ design |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in ROWS:
+        ours = " / ".join(fmt_ns(f(r["ours"]), r["unit"]) for f in (min, statistics.median, max))
+        if r["ratio"] is None:
+            verdict = r.get("note", "")
+            ratio = "—"
+            goal = "ok" if r.get("ok") else "MISSED"
+        else:
+            ratio = f"{r['ratio']:.2f}x"
+            goal = f"<= {r['goal']}x {'ok' if r['ratio'] <= r['goal'] else 'MISSED'}"
+            verdict = ""
+        pynq = f"{r['pynq']:.2f}x" if r["pynq"] else ""
+        lines.append(f"| {r['name']} | {r['baseline']} | {ours} | "
+                     f"{fmt_ns(statistics.median(r['base']), r['unit'])} | {ratio} {verdict} | {goal} | {pynq} |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="tiny setting, to check the script runs")
+    args = ap.parse_args()
+    q = args.quick
+    number, repeats = (200, 3) if q else (20000, 9)
+    big = (1 << 20) if q else (64 << 20)
+
+    sim = pynq_alloc.open_backend("sim")
+    sim_coh = pynq_alloc.open_backend("sim", coherent=True)
+    buf = sim.allocate(1024, "u4")
+    arr = np.empty(1024, "u4")
+    view = buf[10:20]
+    plain_mem = np.zeros(4096, "u1")
+    pbuf = PynqLikeBuffer((1024,), "u4", buffer=plain_mem, device_address=0x4000_0000)
+    pview = pbuf[10:20]
+    coh = sim_coh.allocate(1024, "u4")
+    glb = dict(globals(), buf=buf, arr=arr, view=view, pbuf=pbuf, pview=pview, coh=coh, sim=sim,
+               np=np, plain_mem=plain_mem, PynqLikeBuffer=PynqLikeBuffer)
+
+    figure("buf[10:20]", "buf[10:20]", "arr[10:20]", glb, number, repeats, 1.3,
+           "ndarray slice", pynq="pbuf[10:20]")
+    figure("view.device_address", "view.device_address", "arr.ndim", glb, number, repeats, 1.5,
+           "ndarray.ndim", pynq="pview.device_address")
+    figure("allocate(1024, 'u4') + release, sim", "sim.allocate(1024, 'u4')",
+           "np.empty(1024, 'u4')", glb, number // 4, repeats, 2.0, "np.empty(1024, 'u4')",
+           pynq="PynqLikeBuffer((1024,), 'u4', buffer=plain_mem)")
+    figure("allocate(16, 'u4', align=64) + release, sim", "sim.allocate(16, 'u4', align=64)",
+           "np.empty(16, 'u4')", glb, number // 4, repeats, 2.0, "np.empty(16, 'u4')")
+    try:
+        huge = pynq_alloc.open_backend("hugepage")
+    except (OSError, MemoryError, NotImplementedError) as exc:
+        huge = None
+        print(f"(hugepage figures skipped: {exc})")
+    if huge is not None:
+        glb["huge"] = huge
+        figure("allocate(1024, 'u4') + release, hugepage", "huge.allocate(1024, 'u4')",
+               "np.empty(1024, 'u4')", glb, number // 4, repeats, 3.0, "np.empty(1024, 'u4')")
+    figure("flush() on a coherent buffer", "coh.flush()", "arr.nbytes", glb, number, repeats, 2.0,
+           "ndarray.nbytes")
+
+    # O(1) allocator: the same allocation with 100 000 other buffers alive
+    empty = pynq_alloc.open_backend("sim")
+    full = pynq_alloc.open_backend("sim")
+    live = [full.allocate(16, "u4", align=64) for _ in range(1000 if q else 100_000)]
+    glb.update(empty=empty, full=full)
+    figure(f"allocate with {len(live)} live buffers", "full.allocate(16, 'u4', align=64)",
+           "empty.allocate(16, 'u4', align=64)", glb, number // 4, repeats, 1.2, "with none alive")
+    del live
+
+    src = np.ones(big, "u1")
+    dst = np.empty(big, "u1")
+    if huge is not None:
+        try:
+            nc = pynq_alloc.open_backend("hugepage", coherent=False)
+            hbuf = nc.allocate(big, "u1")
+        except (MemoryError, OSError) as exc:
+            print(f"(cache maintenance figure skipped: {exc})")
+            hbuf = None
+        if hbuf is not None:
+            def dirty():
+                hbuf[:] = 3
+            big_figure(f"CPU cache clean (flush, {pynq_alloc._pynq_alloc.cache_info()['method']}) of {big >> 20} MiB, "
+                       "hugepage non-coherent", hbuf.flush, lambda: np.copyto(dst, src), dirty,
+                       repeats, 1.0, f"memcpy of {big >> 20} MiB")
+            big_figure(f"CPU cache clean+invalidate (invalidate) of {big >> 20} MiB, hugepage "
+                       "non-coherent", hbuf.invalidate, lambda: np.copyto(dst, src), dirty, repeats, 1.0,
+                       f"memcpy of {big >> 20} MiB")
+            del hbuf
+    sbuf = sim.allocate(big, "u1")
+
+    def sdirty():
+        sbuf[:] = 5
+    big_figure(f"sim non-coherent flush() of {big >> 20} MiB", sbuf.flush, lambda: np.copyto(dst, src),
+               sdirty, repeats, 1.2, f"memcpy of {big >> 20} MiB")
+    del sbuf
+    process_figure(3 if q else 10)
+    gc.collect()
+    print(report(time.strftime("%Y-%m-%d")))
+
+
+if __name__ == "__main__":
+    main()
