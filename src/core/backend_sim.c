@@ -287,25 +287,46 @@ static size_t pa_sim_scan_dirty(const pa_sim *s, size_t lo, size_t hi, size_t *f
     return n;
 }
 
+/* first line in [line, end) the device wrote since the CPU last synced it, or
+ * end; eight flag bytes at a time, so a 64 MiB flush scans at memory speed */
+static size_t pa_sim_next_devwrote(const pa_sim *s, size_t line, size_t end)
+{
+    const uint64_t mask = 0x0101010101010101ull * SIM_DEVWROTE;
+    while (line < end && (line & 7) != 0) {
+        if (s->lines[line] & SIM_DEVWROTE) {
+            return line;
+        }
+        line++;
+    }
+    while (line + 8 <= end) {
+        uint64_t w;
+        memcpy(&w, s->lines + line, sizeof(w));
+        if (w & mask) {
+            break;
+        }
+        line += 8;
+    }
+    while (line < end && (s->lines[line] & SIM_DEVWROTE) == 0) {
+        line++;
+    }
+    return line;
+}
+
 /* copies CPU lines to the device side, skipping lines the device wrote since
  * the CPU last invalidated them (a clean line is not written back) */
 static void pa_sim_writeback(pa_sim *s, size_t lo, size_t hi)
 {
-    size_t run = lo;
-    for (size_t off = lo; off <= hi; off += PA_LINE) {
-        bool stop = off == hi || (s->lines[off / PA_LINE] & SIM_DEVWROTE) != 0;
-        if (stop) {
-            if (off > run) {
-                memcpy(s->dev + run, s->cpu + run, off - run);
-                if (s->clean != NULL) {
-                    memcpy(s->clean + run, s->cpu + run, off - run);
-                }
+    size_t line = lo / PA_LINE, end = hi / PA_LINE;
+    while (line < end) {
+        size_t stop = pa_sim_next_devwrote(s, line, end);
+        if (stop > line) {
+            size_t off = line * PA_LINE, len = (stop - line) * PA_LINE;
+            memcpy(s->dev + off, s->cpu + off, len);
+            if (s->clean != NULL) {
+                memcpy(s->clean + off, s->cpu + off, len);
             }
-            run = off + PA_LINE;
         }
-        if (off == hi) {
-            break;
-        }
+        line = stop + 1;
     }
 }
 
@@ -353,17 +374,17 @@ static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, s
     /* lines the device wrote are reloaded; the others are written back (a no-op
      * for lines the CPU did not change) */
     pa_sim_writeback(s, lo, hi);
-    for (size_t o = lo; o < hi; o += PA_LINE) {
-        if (s->lines[o / PA_LINE] & SIM_DEVWROTE) {
-            size_t run = o;
-            while (o < hi && (s->lines[o / PA_LINE] & SIM_DEVWROTE)) {
-                s->lines[o / PA_LINE] &= (uint8_t)~SIM_DEVWROTE;
-                o += PA_LINE;
-            }
-            memcpy(s->cpu + run, s->dev + run, o - run);
-            if (s->clean != NULL) {
-                memcpy(s->clean + run, s->dev + run, o - run);
-            }
+    size_t line = lo / PA_LINE, end = hi / PA_LINE;
+    while ((line = pa_sim_next_devwrote(s, line, end)) < end) {
+        size_t run = line;
+        while (line < end && (s->lines[line] & SIM_DEVWROTE) != 0) {
+            s->lines[line] &= (uint8_t)~SIM_DEVWROTE;
+            line++;
+        }
+        size_t off = run * PA_LINE, len = (line - run) * PA_LINE;
+        memcpy(s->cpu + off, s->dev + off, len);
+        if (s->clean != NULL) {
+            memcpy(s->clean + off, s->dev + off, len);
         }
     }
     return report;
