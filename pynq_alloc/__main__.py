@@ -56,8 +56,12 @@ def info(args):
         print()
         return 0
     for row in rows:
-        state = "usable" if row["usable"] else "not usable"
-        print(f"{row['backend']:10s} {state}: {row['reason']}")
+        reason = row["reason"]
+        if row["usable"] and not reason.startswith("usable"):
+            reason = f"usable: {reason}"
+        elif not row["usable"]:
+            reason = f"not usable: {reason}"
+        print(f"{row['backend']:10s} {reason}")
         if "total" in row:
             print(
                 f"{'':10s} total {row['total']} B, free {row['free']} B, largest free "

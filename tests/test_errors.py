@@ -83,7 +83,7 @@ def test_too_large_request_says_what_is_free(sim):
 
 
 def test_unknown_backend_lists_known():
-    with pytest.raises(ValueError, match="known backends: sim, hugepage"):
+    with pytest.raises(ValueError, match="known backends: zocl, udmabuf, dmaheap, xlnk, sim, hugepage"):
         pynq_alloc.open_backend("nosuch")
     with pytest.raises(ValueError, match="known backends"):
         allocate(4, target="nosuch")

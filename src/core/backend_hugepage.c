@@ -835,6 +835,9 @@ static int pa_huge_probe(const char *arg, pa_err *why)
                          "physical addresses need root or CAP_SYS_ADMIN (Linux >= 4.2 hides page "
                          "frame numbers); run as root");
     }
+    pa_seterr(why, 0, "usable: huge pages of %zu KiB reserved, physical addresses readable "
+                      "(never chosen automatically: open it by name)",
+              page >> 10);
     return 0;
 }
 

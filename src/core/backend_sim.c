@@ -503,7 +503,8 @@ static void pa_sim_close(pa_backend *be)
 static int pa_sim_probe(const char *arg, pa_err *why)
 {
     (void)arg;
-    (void)why;
+    pa_seterr(why, 0, "usable: simulated device for development and CI (the default only where "
+                      "there is no /proc/device-tree)");
     return 0;
 }
 

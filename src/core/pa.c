@@ -11,7 +11,8 @@
 #include <strings.h>
 
 /* probe order for the default backend; sim and hugepage are never chosen by probing */
-const pa_ops *const pa_all_ops[] = {&pa_sim_ops, &pa_huge_ops, NULL};
+const pa_ops *const pa_all_ops[] = {
+    &pa_zocl_ops, &pa_udmabuf_ops, &pa_dmaheap_ops, &pa_xlnk_ops, &pa_sim_ops, &pa_huge_ops, NULL};
 
 int pa_seterr(pa_err *err, int code, const char *fmt, ...)
 {

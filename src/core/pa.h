@@ -109,6 +109,10 @@ int pa_path(char *out, size_t outlen, const char *path);
 /* backends */
 extern const pa_ops pa_sim_ops;
 extern const pa_ops pa_huge_ops;
+extern const pa_ops pa_dmaheap_ops;
+extern const pa_ops pa_zocl_ops;
+extern const pa_ops pa_udmabuf_ops;
+extern const pa_ops pa_xlnk_ops;
 
 /* simulated device (sim backend only) */
 int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, bool write,

@@ -1,0 +1,721 @@
+/* zocl backend: buffer objects from the zocl DRM driver (PYNQ >= 2.7 images and
+ * Vitis embedded platforms), driven through its ioctls on the render node, no
+ * libxrt. Small requests share pooled BOs (TLSF); large ones get a BO each. */
+#define _GNU_SOURCE
+#define _FILE_OFFSET_BITS 64 /* DRM fake mmap offsets exceed 2 GiB on 32-bit ARM */
+#include "pa.h"
+#include "tlsf.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+/* ---- kernel interface ----------------------------------------------------
+ * Our own definitions of the structs the kernel reads, with explicit padding so
+ * the layout is the same on AArch64 and 32-bit ARM (EABI aligns u64 to 8).
+ * DRM core: include/uapi/drm/drm.h. zocl: Xilinx/XRT
+ * src/runtime_src/core/edge/include/zynq_ioctl.h; the command numbers below are
+ * those of XRT >= 2019.1 (GET_HOST_BO was inserted before MAP_BO then), which
+ * covers every PYNQ image that ships zocl. */
+
+struct pa_zocl_drm_version { /* DRM_IOCTL_VERSION: native size_t and pointers */
+    int major;
+    int minor;
+    int patchlevel;
+    size_t name_len;
+    char *name;
+    size_t date_len;
+    char *date;
+    size_t desc_len;
+    char *desc;
+};
+
+struct pa_zocl_gem_close {
+    uint32_t handle;
+    uint32_t pad;
+};
+
+struct pa_zocl_create_bo {
+    uint64_t size;
+    uint32_t handle; /* out */
+    uint32_t flags;  /* memory bank in bits 0-15, slot 16-23, PA_ZOCL_CACHEABLE */
+};
+
+struct pa_zocl_map_bo {
+    uint32_t handle;
+    uint32_t pad;
+    uint64_t offset; /* out: fake offset for mmap on the render node */
+};
+
+struct pa_zocl_sync_bo {
+    uint32_t handle;
+    uint32_t dir; /* an enum in the kernel: 4 bytes on both ARM ABIs */
+    uint64_t offset;
+    uint64_t size;
+};
+
+struct pa_zocl_info_bo {
+    uint32_t handle;
+    uint32_t flags; /* out since XRT 2021.1 (padding before) */
+    uint64_t size;  /* out */
+    uint64_t paddr; /* out */
+};
+
+_Static_assert(sizeof(struct pa_zocl_drm_version) == (sizeof(void *) == 8 ? 64 : 36),
+               "struct drm_version layout");
+_Static_assert(offsetof(struct pa_zocl_drm_version, name_len) == (sizeof(void *) == 8 ? 16 : 12),
+               "struct drm_version layout");
+_Static_assert(offsetof(struct pa_zocl_drm_version, desc) == (sizeof(void *) == 8 ? 56 : 32),
+               "struct drm_version layout");
+_Static_assert(sizeof(struct pa_zocl_gem_close) == 8, "struct drm_gem_close layout");
+_Static_assert(sizeof(struct pa_zocl_create_bo) == 16, "struct drm_zocl_create_bo layout");
+_Static_assert(offsetof(struct pa_zocl_create_bo, flags) == 12, "struct drm_zocl_create_bo");
+_Static_assert(sizeof(struct pa_zocl_map_bo) == 16, "struct drm_zocl_map_bo layout");
+_Static_assert(offsetof(struct pa_zocl_map_bo, offset) == 8, "struct drm_zocl_map_bo layout");
+_Static_assert(sizeof(struct pa_zocl_sync_bo) == 24, "struct drm_zocl_sync_bo layout");
+_Static_assert(offsetof(struct pa_zocl_sync_bo, offset) == 8, "struct drm_zocl_sync_bo layout");
+_Static_assert(offsetof(struct pa_zocl_sync_bo, size) == 16, "struct drm_zocl_sync_bo layout");
+_Static_assert(sizeof(struct pa_zocl_info_bo) == 24, "struct drm_zocl_info_bo layout");
+_Static_assert(offsetof(struct pa_zocl_info_bo, size) == 8, "struct drm_zocl_info_bo layout");
+_Static_assert(offsetof(struct pa_zocl_info_bo, paddr) == 16, "struct drm_zocl_info_bo layout");
+
+#define PA_ZOCL_DRM 'd'
+#define PA_ZOCL_CMD 0x40 /* DRM_COMMAND_BASE */
+#define PA_ZOCL_IOC_VERSION _IOWR(PA_ZOCL_DRM, 0x00, struct pa_zocl_drm_version)
+#define PA_ZOCL_IOC_GEM_CLOSE _IOW(PA_ZOCL_DRM, 0x09, struct pa_zocl_gem_close)
+#define PA_ZOCL_IOC_CREATE_BO _IOWR(PA_ZOCL_DRM, PA_ZOCL_CMD + 0, struct pa_zocl_create_bo)
+#define PA_ZOCL_IOC_MAP_BO _IOWR(PA_ZOCL_DRM, PA_ZOCL_CMD + 3, struct pa_zocl_map_bo)
+#define PA_ZOCL_IOC_SYNC_BO _IOWR(PA_ZOCL_DRM, PA_ZOCL_CMD + 4, struct pa_zocl_sync_bo)
+#define PA_ZOCL_IOC_INFO_BO _IOWR(PA_ZOCL_DRM, PA_ZOCL_CMD + 5, struct pa_zocl_info_bo)
+
+_Static_assert(sizeof(off_t) == 8, "mmap offsets from MAP_BO need a 64-bit off_t");
+_Static_assert(PA_ZOCL_IOC_GEM_CLOSE == 0x40086409u, "DRM_IOCTL_GEM_CLOSE");
+_Static_assert(PA_ZOCL_IOC_CREATE_BO == 0xC0106440u, "DRM_IOCTL_ZOCL_CREATE_BO");
+_Static_assert(PA_ZOCL_IOC_MAP_BO == 0xC0106443u, "DRM_IOCTL_ZOCL_MAP_BO");
+_Static_assert(PA_ZOCL_IOC_SYNC_BO == 0xC0186444u, "DRM_IOCTL_ZOCL_SYNC_BO");
+_Static_assert(PA_ZOCL_IOC_INFO_BO == 0xC0186445u, "DRM_IOCTL_ZOCL_INFO_BO");
+
+/* XCL_BO_FLAGS_CACHEABLE: zocl keeps only this, EXECBUF and the bank bits of the
+ * user flags (zocl_convert_bo_uflags); CMA comes from the bank (PYNQ's PSDDR is
+ * bank 0) or is the fallback for an unused bank. */
+#define PA_ZOCL_CACHEABLE (1u << 24)
+#define PA_ZOCL_SYNC_TO_DEVICE 0u
+#define PA_ZOCL_SYNC_FROM_DEVICE 1u
+
+#define PA_ZOCL_FIRST 128 /* render minors: /dev/dri/renderD128 .. renderD191 */
+#define PA_ZOCL_LAST 191
+#define PA_ZOCL_POOL_MAX ((size_t)64 << 10)
+#define PA_ZOCL_POOL_CHUNK ((size_t)1 << 20)
+
+#define PA_ZOCL_HINT_MISSING                                                                       \
+    "load zocl: is the board image PYNQ >= 2.7 / a Vitis platform (zocl node in the device "       \
+    "tree)? Check with ls /dev/dri and lsmod | grep zocl"
+#define PA_ZOCL_HINT_PERM                                                                          \
+    "add the user to the render/video group (sudo usermod -aG render,video $USER, then log in "    \
+    "again) or run as root"
+#define PA_ZOCL_HINT_CMA                                                                           \
+    "CMA is exhausted: increase cma= on the kernel command line (e.g. cma=512M in the boot "       \
+    "arguments), or free buffers that are no longer needed"
+
+/* One buffer object, mapped whole. tlsf != NULL: a pool shared by small blocks. */
+typedef struct pa_zocl_bo {
+    uint32_t handle;
+    bool cacheable;
+    char *map;
+    size_t len;      /* bytes mapped: the BO's size as the driver reports it */
+    uint64_t paddr;  /* physical address of map[0] */
+    pa_tlsf *tlsf;   /* offsets [0, len) */
+    size_t live;     /* blocks handed out */
+    size_t touched;  /* offsets at or above this were never handed out: still zero */
+    struct pa_zocl_bo *next;
+} pa_zocl_bo;
+
+typedef struct pa_zocl {
+    int fd;
+    char node[64];  /* /dev/dri/renderDN, as the user would write it */
+    int version[3]; /* driver version from DRM_IOCTL_VERSION */
+    bool cacheable; /* default for allocations that don't say */
+    uint32_t bank;
+    size_t pool_max;   /* requests up to this size share pooled BOs; 0: never */
+    size_t pool_chunk; /* size of a pool BO */
+    size_t page;
+    pa_zocl_bo *pools[2]; /* [cacheable] */
+    uint64_t bo_bytes;    /* bytes in live BOs */
+} pa_zocl;
+
+static int pa_zocl_ioctl(int fd, unsigned long req, void *arg)
+{
+    int rc;
+    do {
+        rc = ioctl(fd, req, arg);
+    } while (rc < 0 && (errno == EINTR || errno == EAGAIN));
+    return rc < 0 ? -errno : 0;
+}
+
+/* Opens node (a /dev path) and checks that its DRM driver is zocl. On success
+ * *fd is open (when fd != NULL) and version[] filled; on failure the message
+ * says what was wrong with this node. -ENOENT: no such node. */
+static int pa_zocl_open_node(const char *node, int *fd, int version[3], pa_err *err)
+{
+    char path[4096], name[64] = "";
+    struct pa_zocl_drm_version v;
+    if (pa_path(path, sizeof(path), node) < 0) {
+        return pa_seterr(err, ENAMETOOLONG, "%s: path too long; check PYNQ_ALLOC_SYSROOT", node);
+    }
+    int f = open(path, O_RDWR | O_CLOEXEC);
+    if (f < 0) {
+        int e = errno;
+        if (e == EACCES || e == EPERM) {
+            return pa_seterr(err, e, "cannot open %s: %s; %s", node, strerror(e),
+                             PA_ZOCL_HINT_PERM);
+        }
+        if (e == ENOENT || e == ENXIO || e == ENODEV) {
+            return pa_seterr(err, ENOENT, "%s does not exist (%s); %s", node, strerror(e),
+                             PA_ZOCL_HINT_MISSING);
+        }
+        return pa_seterr(err, e, "cannot open %s: %s", node, strerror(e));
+    }
+    memset(&v, 0, sizeof(v));
+    v.name = name;
+    v.name_len = sizeof(name) - 1;
+    int rc = pa_zocl_ioctl(f, PA_ZOCL_IOC_VERSION, &v);
+    if (rc < 0) {
+        rc = pa_seterr(err, ENODEV,
+                       "%s is not a DRM device (DRM_IOCTL_VERSION failed: %s); pass "
+                       "zocl:/dev/dri/renderDN naming the zocl render node",
+                       node, strerror(-rc));
+        goto close_fd;
+    }
+    name[v.name_len < sizeof(name) - 1 ? v.name_len : sizeof(name) - 1] = '\0';
+    if (strcmp(name, "zocl") != 0) {
+        rc = pa_seterr(err, ENODEV,
+                       "%s belongs to the DRM driver '%s', not zocl; pass "
+                       "zocl:/dev/dri/renderDN naming the zocl render node, or %s",
+                       node, name, PA_ZOCL_HINT_MISSING);
+        goto close_fd;
+    }
+    version[0] = v.major;
+    version[1] = v.minor;
+    version[2] = v.patchlevel;
+    if (fd != NULL) {
+        *fd = f;
+        return 0;
+    }
+    rc = 0;
+close_fd:
+    close(f);
+    return rc;
+}
+
+/* appends s to the string in buf[cap], truncating */
+static void pa_zocl_append(char *buf, size_t cap, const char *s)
+{
+    size_t used = strlen(buf), n = strlen(s);
+    if (n > cap - 1 - used) {
+        n = cap - 1 - used;
+    }
+    memcpy(buf + used, s, n);
+    buf[used + n] = '\0';
+}
+
+/* Finds the zocl render node: arg names it, or scan renderD128..191. */
+static int pa_zocl_find(const char *arg, int *fd, char *node, size_t nodelen, int version[3],
+                        pa_err *err)
+{
+    char cand[64], why[PA_ERR_LEN] = "";
+    pa_err one;
+    int worst = -ENOENT, refused = 0;
+    if (arg != NULL && arg[0] != '\0') {
+        if (strncmp(arg, "/dev/", 5) != 0 || strlen(arg) >= nodelen) {
+            return pa_seterr(err, EINVAL,
+                             "zocl:%s: name the render node as a path, e.g. "
+                             "zocl:/dev/dri/renderD128",
+                             arg);
+        }
+        snprintf(node, nodelen, "%s", arg);
+        return pa_zocl_open_node(node, fd, version, err);
+    }
+    for (int i = PA_ZOCL_FIRST; i <= PA_ZOCL_LAST; i++) {
+        snprintf(cand, sizeof(cand), "/dev/dri/renderD%d", i);
+        int rc = pa_zocl_open_node(cand, fd, version, &one);
+        if (rc == 0) {
+            snprintf(node, nodelen, "%s", cand);
+            return 0;
+        }
+        if (rc == -ENOENT) {
+            continue;
+        }
+        /* remember why each existing node was refused; permission problems win */
+        if (worst == -ENOENT || rc == -EACCES || rc == -EPERM) {
+            worst = rc;
+        }
+        refused++;
+        pa_zocl_append(why, sizeof(why), why[0] != '\0' ? "; " : "");
+        pa_zocl_append(why, sizeof(why), one.msg);
+    }
+    if (worst == -ENOENT) {
+        return pa_seterr(err, ENOENT, "no DRM render node (/dev/dri/renderD%d..%d) exists; %s",
+                         PA_ZOCL_FIRST, PA_ZOCL_LAST, PA_ZOCL_HINT_MISSING);
+    }
+    if (refused == 1) {
+        return pa_seterr(err, -worst, "%s", why);
+    }
+    return pa_seterr(err, -worst, "no zocl render node among %d: %s", refused, why);
+}
+
+/* ---- buffer objects ------------------------------------------------------ */
+
+static void pa_zocl_gem_close(pa_zocl *z, uint32_t handle)
+{
+    struct pa_zocl_gem_close c = {.handle = handle};
+    (void)pa_zocl_ioctl(z->fd, PA_ZOCL_IOC_GEM_CLOSE, &c);
+}
+
+static void pa_zocl_bo_destroy(pa_zocl *z, pa_zocl_bo *bo)
+{
+    pa_tlsf_destroy(bo->tlsf);
+    munmap(bo->map, bo->len);
+    pa_zocl_gem_close(z, bo->handle);
+    z->bo_bytes -= bo->len;
+    free(bo);
+}
+
+/* A new BO of at least size bytes, mapped. request (bytes) is for messages.
+ * *cma_short tells whether CREATE_BO itself ran out of memory. */
+static int pa_zocl_bo_new(pa_zocl *z, size_t size, bool cacheable, size_t request,
+                          pa_zocl_bo **out, bool *cma_short, pa_err *err)
+{
+    struct pa_zocl_create_bo c = {.size = size, .flags = z->bank};
+    struct pa_zocl_info_bo info;
+    struct pa_zocl_map_bo map;
+    int rc;
+    *cma_short = false;
+    if (cacheable) {
+        c.flags |= PA_ZOCL_CACHEABLE;
+    }
+    pa_zocl_bo *bo = calloc(1, sizeof(*bo));
+    if (bo == NULL) {
+        return pa_seterr(err, ENOMEM, "out of memory");
+    }
+    rc = pa_zocl_ioctl(z->fd, PA_ZOCL_IOC_CREATE_BO, &c);
+    *cma_short = rc == -ENOMEM;
+    if (rc == -ENOMEM) {
+        rc = pa_seterr(err, ENOMEM,
+                       "cannot allocate %zu bytes with zocl: DRM_IOCTL_ZOCL_CREATE_BO of a "
+                       "%zu-byte %s buffer object on %s failed: %s; %s",
+                       request, size, cacheable ? "cacheable" : "non-cacheable", z->node,
+                       strerror(-rc), PA_ZOCL_HINT_CMA);
+        goto free_bo;
+    }
+    if (rc < 0) {
+        rc = pa_seterr(err, -rc,
+                       "cannot allocate %zu bytes with zocl: DRM_IOCTL_ZOCL_CREATE_BO of a "
+                       "%zu-byte buffer object in memory bank %u on %s failed: %s%s",
+                       request, size, (unsigned)(z->bank & 0xFFFF), z->node, strerror(-rc),
+                       rc == -EINVAL ? "; check the bank option against the loaded xclbin's "
+                                       "memory topology (bank=0 is PYNQ's PS DDR)"
+                                     : "");
+        goto free_bo;
+    }
+    bo->handle = c.handle;
+    bo->cacheable = cacheable;
+    memset(&info, 0, sizeof(info));
+    info.handle = c.handle;
+    rc = pa_zocl_ioctl(z->fd, PA_ZOCL_IOC_INFO_BO, &info);
+    if (rc < 0) {
+        rc = pa_seterr(err, -rc, "DRM_IOCTL_ZOCL_INFO_BO on %s failed: %s", z->node,
+                       strerror(-rc));
+        goto close_bo;
+    }
+    /* A driver with the pre-2019 ioctl numbering answers this number as another
+     * ioctl and leaves the size at zero: refuse rather than guess. */
+    if (info.size < size || info.size > SIZE_MAX) {
+        rc = pa_seterr(err, ENOTSUP,
+                       "DRM_IOCTL_ZOCL_INFO_BO reported %llu bytes for a %zu-byte buffer object: "
+                       "this zocl driver (version %d.%d.%d) predates XRT 2019.1, whose ioctl "
+                       "numbers pynq_alloc uses; update XRT/zocl or use another backend",
+                       (unsigned long long)info.size, size, z->version[0], z->version[1],
+                       z->version[2]);
+        goto close_bo;
+    }
+    bo->len = (size_t)info.size;
+    bo->paddr = info.paddr;
+    memset(&map, 0, sizeof(map));
+    map.handle = c.handle;
+    rc = pa_zocl_ioctl(z->fd, PA_ZOCL_IOC_MAP_BO, &map);
+    if (rc < 0) {
+        rc = pa_seterr(err, -rc, "DRM_IOCTL_ZOCL_MAP_BO on %s failed: %s", z->node,
+                       strerror(-rc));
+        goto close_bo;
+    }
+    if (map.offset == 0 || map.offset % z->page != 0 || map.offset > (uint64_t)INT64_MAX) {
+        rc = pa_seterr(err, EIO, "DRM_IOCTL_ZOCL_MAP_BO on %s returned the unusable offset 0x%llx",
+                       z->node, (unsigned long long)map.offset);
+        goto close_bo;
+    }
+    void *p = mmap(NULL, bo->len, PROT_READ | PROT_WRITE, MAP_SHARED, z->fd, (off_t)map.offset);
+    if (p == MAP_FAILED) {
+        int e = errno;
+        rc = pa_seterr(err, e, "mmap of a %zu-byte zocl buffer object on %s failed: %s", bo->len,
+                       z->node, strerror(e));
+        goto close_bo;
+    }
+    bo->map = p;
+    z->bo_bytes += bo->len;
+    *out = bo;
+    return 0;
+
+close_bo:
+    pa_zocl_gem_close(z, c.handle);
+free_bo:
+    free(bo);
+    return rc;
+}
+
+/* unmaps and closes the empty pool BOs (of keep's kind, other than keep; all
+ * when keep is NULL); true if there was one */
+static bool pa_zocl_drop_empty(pa_zocl *z, const pa_zocl_bo *keep)
+{
+    bool dropped = false;
+    for (int c = 0; c < 2; c++) {
+        if (keep != NULL && c != (int)keep->cacheable) {
+            continue;
+        }
+        pa_zocl_bo **pp = &z->pools[c];
+        while (*pp != NULL) {
+            pa_zocl_bo *bo = *pp;
+            if (bo->live == 0 && bo != keep) {
+                *pp = bo->next;
+                pa_zocl_bo_destroy(z, bo);
+                dropped = true;
+            } else {
+                pp = &bo->next;
+            }
+        }
+    }
+    return dropped;
+}
+
+/* SYNC_BO over bytes [off, off+len) of bo: the kernel cleans (to device) or
+ * invalidates (from device) the CPU cache lines covering them */
+static int pa_zocl_sync_range(pa_zocl *z, const pa_zocl_bo *bo, size_t off, size_t len,
+                              uint32_t dir, pa_err *err)
+{
+    struct pa_zocl_sync_bo s = {.handle = bo->handle, .dir = dir, .offset = off, .size = len};
+    int rc = pa_zocl_ioctl(z->fd, PA_ZOCL_IOC_SYNC_BO, &s);
+    if (rc < 0) {
+        return pa_seterr(err, -rc,
+                         "DRM_IOCTL_ZOCL_SYNC_BO (%s, bytes %zu..%zu of buffer object %u) on %s "
+                         "failed: %s",
+                         dir == PA_ZOCL_SYNC_TO_DEVICE ? "to device" : "from device", off,
+                         off + len, (unsigned)bo->handle, z->node, strerror(-rc));
+    }
+    return 0;
+}
+
+/* ---- ops ------------------------------------------------------------------ */
+
+static int pa_zocl_size_opt(const pa_option *opts, size_t nopts, const char *key, size_t dflt,
+                            size_t *out, pa_err *err)
+{
+    uint64_t v;
+    int rc = pa_opt_u64(opts, nopts, key, dflt, &v, err);
+    if (rc < 0) {
+        return rc;
+    }
+    if (v > SIZE_MAX / 4) {
+        return pa_seterr(err, EINVAL, "zocl option %s=%llu is too large", key,
+                         (unsigned long long)v);
+    }
+    *out = (size_t)v;
+    return 0;
+}
+
+static int pa_zocl_open(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts,
+                        pa_err *err)
+{
+    static const char *const known[] = {"cacheable", "bank", "pool_max", "pool_chunk", NULL};
+    uint64_t bank = 0;
+    bool cacheable = false;
+    size_t pool_max = 0, pool_chunk = 0;
+    long page = sysconf(_SC_PAGESIZE);
+    int rc = pa_opt_check(opts, nopts, known, "zocl", err);
+    if (rc == 0) {
+        /* PYNQ allocates non-cacheable by default on zocl (_xrt_allocate cacheable=0) */
+        rc = pa_opt_bool(opts, nopts, "cacheable", false, &cacheable, err);
+    }
+    if (rc == 0) {
+        rc = pa_opt_u64(opts, nopts, "bank", 0, &bank, err);
+    }
+    if (rc == 0) {
+        rc = pa_zocl_size_opt(opts, nopts, "pool_max", PA_ZOCL_POOL_MAX, &pool_max, err);
+    }
+    if (rc == 0) {
+        rc = pa_zocl_size_opt(opts, nopts, "pool_chunk", PA_ZOCL_POOL_CHUNK, &pool_chunk, err);
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    if (bank > 0xFFFF) {
+        return pa_seterr(err, EINVAL,
+                         "zocl option bank=%llu: a memory bank index is 0..65535 (the index in "
+                         "the xclbin's memory topology; 0 is PYNQ's PS DDR)",
+                         (unsigned long long)bank);
+    }
+    if (page <= 0) {
+        page = 4096;
+    }
+    if (pool_max > 0 && (pool_chunk < pool_max || pool_chunk % (size_t)page != 0)) {
+        return pa_seterr(err, EINVAL,
+                         "zocl option pool_chunk=%zu must be a multiple of the %ld-byte page and "
+                         "at least pool_max=%zu (pool_max=0 gives every buffer its own BO)",
+                         pool_chunk, page, pool_max);
+    }
+    pa_zocl *z = calloc(1, sizeof(*z));
+    if (z == NULL) {
+        return pa_seterr(err, ENOMEM, "out of memory");
+    }
+    z->cacheable = cacheable;
+    z->bank = (uint32_t)bank;
+    z->pool_max = pool_max;
+    z->pool_chunk = pool_chunk;
+    z->page = (size_t)page;
+    rc = pa_zocl_find(arg, &z->fd, z->node, sizeof(z->node), z->version, err);
+    if (rc < 0) {
+        free(z);
+        return rc;
+    }
+    be->priv = z;
+    be->coherent = !cacheable; /* non-cacheable BOs are write-combine mappings */
+    return 0;
+}
+
+static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk,
+                         pa_err *err)
+{
+    pa_zocl *z = be->priv;
+    pa_zocl_bo *bo = NULL;
+    pa_tlsf_block *tb = NULL;
+    size_t off = 0, got = size;
+    bool cacheable = (flags & PA_CACHED) ? true : (flags & PA_UNCACHED) ? false : z->cacheable;
+    bool cma_short = false;
+    int rc;
+
+    if (size <= z->pool_max && align <= z->page) {
+        for (bo = z->pools[cacheable]; bo != NULL; bo = bo->next) {
+            if (bo->paddr % align == 0 &&
+                pa_tlsf_alloc(bo->tlsf, size, align, &off, &got, &tb) == 0) {
+                goto pooled;
+            }
+        }
+        rc = pa_zocl_bo_new(z, z->pool_chunk, cacheable, size, &bo, &cma_short, err);
+        if (cma_short && pa_zocl_drop_empty(z, NULL)) {
+            rc = pa_zocl_bo_new(z, z->pool_chunk, cacheable, size, &bo, &cma_short, err);
+        }
+        if (rc == 0) {
+            bo->tlsf = pa_tlsf_create(bo->len, PA_LINE);
+            if (bo->tlsf == NULL) {
+                pa_zocl_bo_destroy(z, bo);
+                return pa_seterr(err, ENOMEM, "out of memory for a pool's allocator");
+            }
+            bo->next = z->pools[cacheable];
+            z->pools[cacheable] = bo;
+            if (bo->paddr % align == 0 &&
+                pa_tlsf_alloc(bo->tlsf, size, align, &off, &got, &tb) == 0) {
+                goto pooled;
+            }
+            return pa_seterr(err, EIO,
+                             "zocl returned a buffer object at 0x%llx, not aligned to %zu bytes",
+                             (unsigned long long)bo->paddr, align);
+        }
+        if (!cma_short) {
+            return rc;
+        }
+        /* no room in CMA for a pool BO; there may be for one of just this size */
+    }
+
+    rc = pa_zocl_bo_new(z, size, cacheable, size, &bo, &cma_short, err);
+    if (cma_short && pa_zocl_drop_empty(z, NULL)) {
+        rc = pa_zocl_bo_new(z, size, cacheable, size, &bo, &cma_short, err);
+    }
+    if (rc < 0) {
+        return rc;
+    }
+    if (bo->paddr % align != 0) {
+        /* CMA aligns a BO to its size's order only up to CONFIG_CMA_ALIGNMENT:
+         * allocate align bytes more and start at the first aligned byte */
+        size_t bigger;
+        pa_zocl_bo_destroy(z, bo);
+        if (__builtin_add_overflow(size, align, &bigger)) {
+            return pa_seterr(err, ENOMEM, "cannot allocate %zu bytes aligned to %zu: overflow",
+                             size, align);
+        }
+        rc = pa_zocl_bo_new(z, bigger, cacheable, size, &bo, &cma_short, err);
+        if (rc < 0) {
+            return rc;
+        }
+        off = (size_t)((align - bo->paddr % align) % align);
+    }
+    bo->live = 1;
+    blk->cpu = bo->map + off;
+    blk->device_address = bo->paddr + off;
+    blk->size = size;
+    blk->coherent = !cacheable;
+    blk->handle = NULL;
+    blk->aux = (uint64_t)(uintptr_t)bo;
+    return 0;
+
+pooled:
+    /* a fresh BO comes zeroed (and clean) from the driver; only reused ranges need it */
+    if (off < bo->touched) {
+        size_t end = off + got < bo->touched ? off + got : bo->touched;
+        memset(bo->map + off, 0, end - off);
+        if (cacheable) {
+            rc = pa_zocl_sync_range(z, bo, off, end - off, PA_ZOCL_SYNC_TO_DEVICE, err);
+            if (rc < 0) {
+                pa_tlsf_free(bo->tlsf, tb);
+                return rc;
+            }
+        }
+    }
+    if (off + got > bo->touched) {
+        bo->touched = off + got;
+    }
+    bo->live++;
+    blk->cpu = bo->map + off;
+    blk->device_address = bo->paddr + off;
+    blk->size = got;
+    blk->coherent = !cacheable;
+    blk->handle = tb;
+    blk->aux = (uint64_t)(uintptr_t)bo;
+    return 0;
+}
+
+static void pa_zocl_free(pa_backend *be, pa_block *blk)
+{
+    pa_zocl *z = be->priv;
+    pa_zocl_bo *bo = (pa_zocl_bo *)(uintptr_t)blk->aux;
+    if (bo->tlsf == NULL) {
+        pa_zocl_bo_destroy(z, bo);
+        return;
+    }
+    pa_tlsf_free(bo->tlsf, blk->handle);
+    /* keep the most recently emptied pool BO for the next small alloc */
+    if (--bo->live == 0) {
+        pa_zocl_drop_empty(z, bo);
+    }
+}
+
+static int pa_zocl_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
+                        pa_sync_dir dir, pa_err *err)
+{
+    pa_zocl *z = be->priv;
+    const pa_zocl_bo *bo = (const pa_zocl_bo *)(uintptr_t)blk->aux;
+    if (blk->coherent) {
+        return 0; /* write-combine mapping: nothing is cached */
+    }
+    if (dir != PA_TO_DEVICE && dir != PA_FROM_DEVICE) {
+        return pa_seterr(err, EINVAL, "unknown sync direction %d", (int)dir);
+    }
+    /* whole cache lines; blocks start on a line and never share one */
+    size_t base = (size_t)((const char *)blk->cpu - bo->map);
+    size_t lo = (base + off) & ~((size_t)PA_LINE - 1);
+    size_t hi = (base + off + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1);
+    if (hi > base + blk->size) {
+        hi = base + blk->size;
+    }
+    return pa_zocl_sync_range(z, bo, lo, hi - lo,
+                              dir == PA_TO_DEVICE ? PA_ZOCL_SYNC_TO_DEVICE
+                                                  : PA_ZOCL_SYNC_FROM_DEVICE,
+                              err);
+}
+
+/* CmaTotal/CmaFree from /proc/meminfo (the kernel's, not under the sysroot) */
+static void pa_zocl_cma(uint64_t *total, uint64_t *freeb)
+{
+    char line[256];
+    *total = *freeb = 0;
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (f == NULL) {
+        return;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long long kb;
+        if (sscanf(line, "CmaTotal: %llu kB", &kb) == 1) {
+            *total = (uint64_t)kb * 1024;
+        } else if (sscanf(line, "CmaFree: %llu kB", &kb) == 1) {
+            *freeb = (uint64_t)kb * 1024;
+        }
+    }
+    fclose(f);
+}
+
+static void pa_zocl_info(pa_backend *be, pa_info *info)
+{
+    pa_zocl *z = be->priv;
+    uint64_t cma_total, cma_free, pool_free = 0, largest = 0;
+    pa_zocl_cma(&cma_total, &cma_free);
+    for (int c = 0; c < 2; c++) {
+        for (pa_zocl_bo *bo = z->pools[c]; bo != NULL; bo = bo->next) {
+            pa_tlsf_stats s;
+            pa_tlsf_get_stats(bo->tlsf, &s);
+            pool_free += s.free;
+            if (s.largest_free > largest) {
+                largest = s.largest_free;
+            }
+        }
+    }
+    /* CMA is shared with the rest of the system; its free space may be fragmented */
+    info->total = cma_total > z->bo_bytes ? cma_total : z->bo_bytes;
+    info->free = cma_free + pool_free;
+    info->largest_free = cma_free > largest ? cma_free : largest;
+    info->coherent = be->coherent;
+    info->line_size = PA_LINE;
+}
+
+static void pa_zocl_close(pa_backend *be)
+{
+    pa_zocl *z = be->priv;
+    if (z == NULL) {
+        return;
+    }
+    for (int c = 0; c < 2; c++) {
+        while (z->pools[c] != NULL) {
+            pa_zocl_bo *bo = z->pools[c];
+            z->pools[c] = bo->next;
+            pa_zocl_bo_destroy(z, bo);
+        }
+    }
+    close(z->fd); /* the driver releases any BO still open on this fd */
+    free(z);
+    be->priv = NULL;
+}
+
+static int pa_zocl_probe(const char *arg, pa_err *why)
+{
+    char node[64];
+    int version[3];
+    int rc = pa_zocl_find(arg, NULL, node, sizeof(node), version, why);
+    if (rc < 0) {
+        return rc;
+    }
+    pa_seterr(why, 0, "usable: zocl %d.%d.%d on %s", version[0], version[1], version[2], node);
+    return 0;
+}
+
+const pa_ops pa_zocl_ops = {
+    .name = "zocl",
+    .board = true,
+    .open = pa_zocl_open,
+    .alloc = pa_zocl_alloc,
+    .free = pa_zocl_free,
+    .sync = pa_zocl_sync,
+    .info = pa_zocl_info,
+    .close = pa_zocl_close,
+    .probe = pa_zocl_probe,
+};
