@@ -1,16 +1,27 @@
 from types import TracebackType
-from typing import Any, Literal, Optional, Sequence, SupportsIndex, Union
+from typing import Any, Optional, Sequence, SupportsIndex, Union, final
 
 import numpy as np
 import numpy.typing as npt
 
 __version__: str
+__all__ = [
+    "Backend",
+    "Buffer",
+    "CoherencyError",
+    "CoherencyWarning",
+    "allocate",
+    "default_backend",
+    "open_backend",
+    "set_default_backend",
+]
 
 _Shape = Union[SupportsIndex, Sequence[SupportsIndex]]
 
 class CoherencyWarning(UserWarning): ...
 class CoherencyError(RuntimeError): ...
 
+@final
 class Backend:
     @property
     def name(self) -> str: ...
@@ -66,6 +77,17 @@ class Buffer(np.ndarray[Any, np.dtype[Any]]):
         tb: Optional[TracebackType],
     ) -> None: ...
     def _repr_html_(self) -> str: ...
+    # Indexing gives a scalar for an element, a Buffer view for a slice, and a
+    # Buffer copy (device_address None) for fancy indexing.
+    def __getitem__(self, key: Any, /) -> Any: ...
+    # Views of device memory stay Buffers; where NumPy copies, the result is
+    # a Buffer without a device address.
+    def reshape(self, *shape: Any, order: Any = ..., copy: Optional[bool] = ...) -> Buffer: ...
+    def transpose(self, *axes: Any) -> Buffer: ...
+    @property
+    def T(self) -> Buffer: ...
+    def ravel(self, order: Any = ...) -> Buffer: ...
+    def copy(self, order: Any = ...) -> Buffer: ...
 
 def allocate(
     shape: _Shape,

@@ -302,17 +302,17 @@ static PyObject *backend_coherent(PyObject *op, void *closure)
 }
 
 PyDoc_STRVAR(allocate_doc,
-             "allocate(shape, dtype='u4', *, cacheable=None, align=None)\n--\n\n"
+             "allocate($self, shape, dtype='u4', *, cacheable=None, align=None)\n--\n\n"
              "Allocate a zeroed Buffer from this backend.");
-PyDoc_STRVAR(info_doc, "info()\n--\n\nA dict: name, total, used, free, largest_free, buffers "
+PyDoc_STRVAR(info_doc, "info($self)\n--\n\nA dict: name, total, used, free, largest_free, buffers "
                        "(bytes and counts), coherent, cache_line_size, closed, check.");
-PyDoc_STRVAR(close_doc, "close()\n--\n\nNo new allocations; the backend's resources are "
+PyDoc_STRVAR(close_doc, "close($self)\n--\n\nNo new allocations; the backend's resources are "
                         "released when its last buffer is gone (at once if there is none).");
 PyDoc_STRVAR(device_read_doc,
-             "device_read(device_address, nbytes)\n--\n\nsim only: what the simulated device "
+             "device_read($self, device_address, nbytes)\n--\n\nsim only: what the simulated device "
              "reads at device_address (bytes).");
 PyDoc_STRVAR(device_write_doc,
-             "device_write(device_address, data)\n--\n\nsim only: the simulated device writes "
+             "device_write($self, device_address, data)\n--\n\nsim only: the simulated device writes "
              "data (any bytes-like object) at device_address.");
 
 static PyMethodDef backend_methods[] = {

@@ -709,18 +709,18 @@ static PyBufferProcs buffer_as_buffer = {
     .bf_releasebuffer = buffer_releasebuffer,
 };
 
-PyDoc_STRVAR(flush_doc, "flush()\n--\n\nMake the CPU's writes visible to the device (clean "
+PyDoc_STRVAR(flush_doc, "flush($self)\n--\n\nMake the CPU's writes visible to the device (clean "
                         "the cache lines this view spans). A no-op on coherent buffers.");
-PyDoc_STRVAR(sync_to_device_doc, "sync_to_device()\n--\n\nAlias of flush().");
+PyDoc_STRVAR(sync_to_device_doc, "sync_to_device($self)\n--\n\nAlias of flush().");
 PyDoc_STRVAR(invalidate_doc,
-             "invalidate()\n--\n\nMake the device's writes visible to the CPU (clean+invalidate "
+             "invalidate($self)\n--\n\nMake the device's writes visible to the CPU (clean+invalidate "
              "the cache lines this view spans). A no-op on coherent buffers.");
-PyDoc_STRVAR(sync_from_device_doc, "sync_from_device()\n--\n\nAlias of invalidate().");
+PyDoc_STRVAR(sync_from_device_doc, "sync_from_device($self)\n--\n\nAlias of invalidate().");
 PyDoc_STRVAR(freebuffer_doc,
-             "freebuffer()\n--\n\nReturn the memory to its backend now. Raises BufferError "
+             "freebuffer($self)\n--\n\nReturn the memory to its backend now. Raises BufferError "
              "while views, plain ndarray views or memoryviews of it exist. Afterwards the array "
              "is empty and read-only. A second call does nothing.");
-PyDoc_STRVAR(close_doc, "close()\n--\n\nAlias of freebuffer().");
+PyDoc_STRVAR(close_doc, "close($self)\n--\n\nAlias of freebuffer().");
 
 static PyMethodDef buffer_methods[] = {
     {"flush", buffer_flush, METH_NOARGS, flush_doc},
@@ -732,7 +732,7 @@ static PyMethodDef buffer_methods[] = {
     {"__enter__", buffer_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL, NULL},
     {"_array_finalize", buffer_link_method, METH_O,
-     "_array_finalize(obj)\n--\n\nWhat Buffer.__array_finalize__ does (a C function NumPy calls "
+     "_array_finalize($self, obj)\n--\n\nWhat Buffer.__array_finalize__ does (a C function NumPy calls "
      "directly); a Python subclass that defines __array_finalize__ calls this instead of "
      "super().__array_finalize__(obj)."},
     {"__array_wrap__", (PyCFunction)(void (*)(void))buffer_array_wrap,
