@@ -970,26 +970,6 @@ static int pa_dmaheap_sync(pa_backend *be, const pa_block *blk, size_t off, size
     return rc < 0 ? rc : rc2;
 }
 
-/* system-wide CMA from /proc/meminfo (kB lines), 0 when absent */
-static void pa_dmaheap_cma_free(uint64_t *total, uint64_t *freeb)
-{
-    char line[256];
-    *total = *freeb = 0;
-    FILE *f = fopen("/proc/meminfo", "re");
-    if (f == NULL) {
-        return;
-    }
-    while (fgets(line, sizeof(line), f) != NULL) {
-        unsigned long long kb;
-        if (sscanf(line, "CmaTotal: %llu kB", &kb) == 1) {
-            *total = (uint64_t)kb * 1024;
-        } else if (sscanf(line, "CmaFree: %llu kB", &kb) == 1) {
-            *freeb = (uint64_t)kb * 1024;
-        }
-    }
-    fclose(f);
-}
-
 static void pa_dmaheap_heap_stats(const pa_dmaheap_heap *hp, uint64_t *pooled, uint64_t *largest)
 {
     for (size_t i = 0; i < hp->nchunks; i++) {
@@ -1006,7 +986,7 @@ static void pa_dmaheap_info(pa_backend *be, pa_info *info)
 {
     pa_dmaheap *h = be->priv;
     uint64_t cma_total, cma_free, pooled_free = 0, largest = 0;
-    pa_dmaheap_cma_free(&cma_total, &cma_free);
+    pa_cma_meminfo(&cma_total, &cma_free);
     pa_dmaheap_heap_stats(&h->main, &pooled_free, &largest);
     pa_dmaheap_heap_stats(&h->extra, &pooled_free, &largest);
     /* free CMA as the kernel counts it (all CMA areas; an upper bound for

@@ -635,31 +635,11 @@ static int pa_zocl_sync(pa_backend *be, const pa_block *blk, size_t off, size_t 
                               err);
 }
 
-/* CmaTotal/CmaFree from /proc/meminfo (the kernel's, not under the sysroot) */
-static void pa_zocl_cma(uint64_t *total, uint64_t *freeb)
-{
-    char line[256];
-    *total = *freeb = 0;
-    FILE *f = fopen("/proc/meminfo", "re");
-    if (f == NULL) {
-        return;
-    }
-    while (fgets(line, sizeof(line), f) != NULL) {
-        unsigned long long kb;
-        if (sscanf(line, "CmaTotal: %llu kB", &kb) == 1) {
-            *total = (uint64_t)kb * 1024;
-        } else if (sscanf(line, "CmaFree: %llu kB", &kb) == 1) {
-            *freeb = (uint64_t)kb * 1024;
-        }
-    }
-    fclose(f);
-}
-
 static void pa_zocl_info(pa_backend *be, pa_info *info)
 {
     pa_zocl *z = be->priv;
     uint64_t cma_total, cma_free, pool_free = 0, largest = 0;
-    pa_zocl_cma(&cma_total, &cma_free);
+    pa_cma_meminfo(&cma_total, &cma_free);
     for (int c = 0; c < 2; c++) {
         for (pa_zocl_bo *bo = z->pools[c]; bo != NULL; bo = bo->next) {
             pa_tlsf_stats s;

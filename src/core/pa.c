@@ -223,6 +223,26 @@ int pa_opt_bool(const pa_option *opts, size_t nopts, const char *key, bool dflt,
     return 0;
 }
 
+void pa_cma_meminfo(uint64_t *total, uint64_t *freeb)
+{
+    char line[256];
+    *total = *freeb = 0;
+    /* the kernel's own file: not under the test sysroot */
+    FILE *f = fopen("/proc/meminfo", "re");
+    if (f == NULL) {
+        return;
+    }
+    while (fgets(line, sizeof(line), f) != NULL) {
+        unsigned long long kb;
+        if (sscanf(line, "CmaTotal: %llu kB", &kb) == 1) {
+            *total = (uint64_t)kb * 1024;
+        } else if (sscanf(line, "CmaFree: %llu kB", &kb) == 1) {
+            *freeb = (uint64_t)kb * 1024;
+        }
+    }
+    fclose(f);
+}
+
 int pa_path(char *out, size_t outlen, const char *path)
 {
     /* only device nodes and kernel-published files; never /proc/self */

@@ -103,6 +103,9 @@ int pa_opt_u64(const pa_option *opts, size_t nopts, const char *key, uint64_t df
 int pa_opt_bool(const pa_option *opts, size_t nopts, const char *key, bool dflt, bool *out,
                 pa_err *err);
 
+/* system-wide CMA (CmaTotal/CmaFree of /proc/meminfo) in bytes; 0 when absent */
+void pa_cma_meminfo(uint64_t *total, uint64_t *freeb);
+
 /* PYNQ_ALLOC_SYSROOT (a test hook) in front of /dev, /sys and /proc/device-tree paths */
 int pa_path(char *out, size_t outlen, const char *path);
 
