@@ -1,0 +1,20 @@
+"""The benchmark script runs end to end on its tiny setting (no timing is asserted)."""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_bench_quick_runs_and_reports_every_figure(tmp_path):
+    script = os.path.join(ROOT, "bench", "run.py")
+    r = subprocess.run([sys.executable, script, "--quick"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    for figure in ("buf[10:20]", "view.device_address", "allocate(1024, 'u4') + release, sim",
+                   "allocate(16, 'u4', align=64)", "flush() on a coherent buffer",
+                   "live buffers", "sim non-coherent flush()", "import + first allocate",
+                   "peak RSS"):
+        assert figure in r.stdout, figure
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "x " in line]
+    assert len(rows) >= 8
