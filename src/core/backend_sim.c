@@ -1,8 +1,11 @@
 /* The sim backend: a software device for development machines and CI.
  * The CPU side is a real mapping (standing in for the CPU's caches); a second
  * mapping is what the device sees. When non-coherent, data crosses only on
- * flush()/invalidate(), as on a non-coherent ARM SoC; the checking mode keeps a
- * third copy ("clean": what cache and memory last agreed on) to name mistakes. */
+ * flush()/invalidate(), as on a non-coherent ARM SoC. A line is dirty when the
+ * CPU changed it since CPU and memory last agreed on it: for lines the device
+ * has not written since, that agreed content is the device side itself; for
+ * lines it has, a third mapping ("agreed") keeps a copy taken when the device
+ * first wrote them. Checking mode only adds reports: results never depend on it. */
 #define _GNU_SOURCE
 #include "pa.h"
 #include "tlsf.h"
@@ -22,7 +25,7 @@ enum { SIM_CHECK_OFF = 0, SIM_CHECK_WARN = 1, SIM_CHECK_RAISE = 2 };
 typedef struct pa_sim {
     uint8_t *cpu;   /* CPU view: cache contents as the CPU sees them */
     uint8_t *dev;   /* memory as the device sees it */
-    uint8_t *clean; /* checking mode only */
+    uint8_t *agreed; /* lines with SIM_DEVWROTE: what CPU and memory last agreed on */
     uint8_t *lines; /* per cache line: SIM_* flags */
     size_t size;
     uint64_t base;
@@ -82,7 +85,7 @@ static void pa_sim_release(pa_sim *s)
 {
     pa_sim_unmap(s->cpu, s->size);
     pa_sim_unmap(s->dev, s->size);
-    pa_sim_unmap(s->clean, s->size);
+    pa_sim_unmap(s->agreed, s->size);
     pa_sim_unmap(s->lines, s->size / PA_LINE);
     if (s->tlsf != NULL) {
         pa_tlsf_destroy(s->tlsf);
@@ -159,11 +162,9 @@ static int pa_sim_open(pa_backend *be, const char *arg, const pa_option *opts, s
         if (s->dev == NULL) {
             goto fail_map;
         }
-        if (check != SIM_CHECK_OFF) {
-            s->clean = pa_sim_map(s->size);
-            if (s->clean == NULL) {
-                goto fail_map;
-            }
+        s->agreed = pa_sim_map(s->size);
+        if (s->agreed == NULL) {
+            goto fail_map;
         }
     }
     s->tlsf = pa_tlsf_create(s->size, PA_LINE);
@@ -222,7 +223,6 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     bool coherent = be->coherent || (flags & PA_UNCACHED) != 0;
     pa_sim_zero(s->cpu, off, got);
     pa_sim_zero(s->dev, off, got);
-    pa_sim_zero(s->clean, off, got);
     memset(s->lines + off / PA_LINE, SIM_ALLOC | (coherent ? SIM_COHERENT : 0), got / PA_LINE);
     blk->cpu = s->cpu + off;
     blk->device_address = s->base + off;
@@ -248,17 +248,19 @@ static void pa_sim_free(pa_backend *be, pa_block *blk)
             if (s->dev != NULL) {
                 madvise(s->dev + lo, hi - lo, MADV_DONTNEED);
             }
-            if (s->clean != NULL) {
-                madvise(s->clean + lo, hi - lo, MADV_DONTNEED);
+            if (s->agreed != NULL) {
+                madvise(s->agreed + lo, hi - lo, MADV_DONTNEED);
             }
         }
     }
     pa_tlsf_free(s->tlsf, blk->handle);
 }
 
+/* the CPU changed the line since CPU and memory last agreed on it */
 static bool pa_sim_line_dirty(const pa_sim *s, size_t off)
 {
-    return memcmp(s->cpu + off, s->clean + off, PA_LINE) != 0;
+    const uint8_t *agreed = (s->lines[off / PA_LINE] & SIM_DEVWROTE) ? s->agreed : s->dev;
+    return memcmp(s->cpu + off, agreed + off, PA_LINE) != 0;
 }
 
 /* Formats one report; returns the positive report level for the binding. */
@@ -312,19 +314,20 @@ static size_t pa_sim_next_devwrote(const pa_sim *s, size_t line, size_t end)
     return line;
 }
 
-/* copies CPU lines to the device side, skipping lines the device wrote since
- * the CPU last invalidated them (a clean line is not written back) */
+/* Cleans [lo, hi): writes the CPU's lines back to the device side. A line
+ * the device wrote since is written back only if the CPU dirtied it (then the
+ * device's data is lost, as on hardware); a clean one stays the device's. */
 static void pa_sim_writeback(pa_sim *s, size_t lo, size_t hi)
 {
     size_t line = lo / PA_LINE, end = hi / PA_LINE;
     while (line < end) {
         size_t stop = pa_sim_next_devwrote(s, line, end);
         if (stop > line) {
-            size_t off = line * PA_LINE, len = (stop - line) * PA_LINE;
-            memcpy(s->dev + off, s->cpu + off, len);
-            if (s->clean != NULL) {
-                memcpy(s->clean + off, s->cpu + off, len);
-            }
+            memcpy(s->dev + line * PA_LINE, s->cpu + line * PA_LINE, (stop - line) * PA_LINE);
+        }
+        if (stop < end && pa_sim_line_dirty(s, stop * PA_LINE)) {
+            memcpy(s->dev + stop * PA_LINE, s->cpu + stop * PA_LINE, PA_LINE);
+            s->lines[stop] &= (uint8_t)~SIM_DEVWROTE;
         }
         line = stop + 1;
     }
@@ -340,20 +343,10 @@ static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, s
     int report = 0;
 
     if (dir == PA_TO_DEVICE) {
-        if (s->clean != NULL) {
-            /* a clean line the device wrote stays as the device left it; a
-             * dirty one is written back over the device's data */
-            for (size_t o = lo; o < hi; o += PA_LINE) {
-                if ((s->lines[o / PA_LINE] & SIM_DEVWROTE) && pa_sim_line_dirty(s, o)) {
-                    s->lines[o / PA_LINE] &= (uint8_t)~SIM_DEVWROTE;
-                }
-            }
-        }
         pa_sim_writeback(s, lo, hi);
         return 0;
     }
-
-    if (s->clean != NULL) {
+    if (s->check != SIM_CHECK_OFF) {
         size_t first = 0, last = 0;
         size_t n = pa_sim_scan_dirty(s, lo, hi, &first, &last);
         if (n > 0) {
@@ -363,16 +356,10 @@ static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, s
                 "non-coherent SoC clean+invalidate writes them back over what the device wrote",
                 "Flush after the CPU writes and before the device runs, and do not write the "
                 "buffer while the device owns it.");
-            /* model the hardware: dirty lines are written back, clobbering the device */
-            for (size_t o = lo; o < hi; o += PA_LINE) {
-                if (pa_sim_line_dirty(s, o)) {
-                    s->lines[o / PA_LINE] &= (uint8_t)~SIM_DEVWROTE;
-                }
-            }
         }
     }
-    /* lines the device wrote are reloaded; the others are written back (a no-op
-     * for lines the CPU did not change) */
+    /* clean+invalidate: dirty lines are written back, then the lines the
+     * device wrote (and the CPU did not dirty) are reloaded */
     pa_sim_writeback(s, lo, hi);
     size_t line = lo / PA_LINE, end = hi / PA_LINE;
     while ((line = pa_sim_next_devwrote(s, line, end)) < end) {
@@ -381,11 +368,7 @@ static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, s
             s->lines[line] &= (uint8_t)~SIM_DEVWROTE;
             line++;
         }
-        size_t off = run * PA_LINE, len = (line - run) * PA_LINE;
-        memcpy(s->cpu + off, s->dev + off, len);
-        if (s->clean != NULL) {
-            memcpy(s->clean + off, s->dev + off, len);
-        }
+        memcpy(s->cpu + run * PA_LINE, s->dev + run * PA_LINE, (line - run) * PA_LINE);
     }
     return report;
 }
@@ -436,7 +419,7 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
                              (unsigned long long)(s->base + o));
         }
     }
-    if (s->clean != NULL) {
+    if (s->check != SIM_CHECK_OFF && s->dev != NULL) {
         size_t first = 0, last = 0;
         size_t n = pa_sim_scan_dirty(s, lo, hi, &first, &last);
         if (n > 0 && !write) {
@@ -468,12 +451,15 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
         }
         uint8_t *mem = (coh ? s->cpu : s->dev) + o;
         if (write) {
-            memcpy(mem, p + (o - start), end - o);
-            if (!coh) {
-                for (size_t l = o / PA_LINE; l * PA_LINE < end; l++) {
+            /* before the device first changes a line, remember what CPU and
+             * memory agreed on (the device side): dirtiness is measured from it */
+            for (size_t l = o / PA_LINE; !coh && l * PA_LINE < end; l++) {
+                if ((s->lines[l] & SIM_DEVWROTE) == 0) {
+                    memcpy(s->agreed + l * PA_LINE, s->dev + l * PA_LINE, PA_LINE);
                     s->lines[l] |= SIM_DEVWROTE;
                 }
             }
+            memcpy(mem, p + (o - start), end - o);
         } else {
             memcpy(p + (o - start), mem, end - o);
         }

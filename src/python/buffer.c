@@ -545,23 +545,32 @@ static PyObject *buffer_exit(PyObject *self, PyObject *const *args, Py_ssize_t n
     return buffer_freebuffer(self, NULL);
 }
 
-/* Links a new Buffer to the allocation of the array it came from, but only
- * when all its bytes lie inside that allocation (copies get no address).
- * NumPy calls this for every view, so it is stored as a PyCapsule, which NumPy
- * (1.x and 2.x) calls as a C function instead of a Python-level method call. */
+/* The allocation whose memory an array's data pointer lies in, following its
+ * bases; NULL for arrays with memory of their own (copies, computed results).
+ * Only the data pointer can be checked: NumPy finalizes some views (transpose)
+ * before it sets their final strides. An empty view may sit at the end. */
+static AllocationObject *pa_shared_allocation(PyArrayObject *arr, PyObject *parent)
+{
+    AllocationObject *a = pa_find_allocation(parent);
+    if (a == NULL || a->backend == NULL) {
+        return NULL;
+    }
+    char *data = PyArray_BYTES(arr), *start = a->block.cpu;
+    return data >= start && data <= start + a->block.size ? a : NULL;
+}
+
+/* Links a new Buffer to the allocation of the array it came from when it
+ * shares that memory (copies get no address). NumPy calls this for every view,
+ * so it is stored as a PyCapsule, which NumPy (1.x and 2.x) calls as a C
+ * function instead of a Python-level method call. */
 static int buffer_finalize(PyArrayObject *self, PyObject *obj)
 {
     BufferObject *buf = (BufferObject *)self;
     if (buf->alloc != NULL || obj == NULL || obj == Py_None) {
         return 0;
     }
-    AllocationObject *a = pa_find_allocation(obj);
-    if (a == NULL || a->backend == NULL) {
-        return 0;
-    }
-    char *lo, *hi, *start = a->block.cpu;
-    pa_extent(self, &lo, &hi);
-    if (lo >= start && hi <= start + a->block.size) {
+    AllocationObject *a = pa_shared_allocation(self, obj);
+    if (a != NULL) {
         pa_link(buf, a);
     }
     return 0;
@@ -598,11 +607,15 @@ static PyObject *buffer_array_wrap(PyObject *self, PyObject *args, PyObject *kwd
         Py_INCREF(arr);
         return PyArray_Return((PyArrayObject *)arr);
     }
-    if (Py_IS_TYPE(arr, &PyArray_Type)) {
+    /* NumPy hands some views (squeeze) over as plain ndarrays: over device
+     * memory they stay Buffers, anything else becomes a plain ndarray */
+    PyTypeObject *to = pa_shared_allocation((PyArrayObject *)arr, arr) != NULL ? &PaBuffer_Type
+                                                                               : &PyArray_Type;
+    if (Py_IS_TYPE(arr, to)) {
         Py_INCREF(arr);
         return arr;
     }
-    return PyArray_View((PyArrayObject *)arr, NULL, &PyArray_Type);
+    return PyArray_View((PyArrayObject *)arr, NULL, to);
 }
 
 /* device memory cannot travel to another process: pickle the data as ndarray */
