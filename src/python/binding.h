@@ -14,6 +14,14 @@
 #endif
 #include <numpy/arrayobject.h>
 
+/* Built against NumPy 1.x headers (Debian's python3-numpy on a board, the ARM
+ * cross lanes): the NumPy 2 descriptor accessors, spelled as numpy's
+ * npy_2_compat.h spells them for 1.x. */
+#if NPY_ABI_VERSION < 0x02000000 && !defined(PyDataType_ELSIZE)
+#define PyDataType_ELSIZE(d) ((npy_intp)(d)->elsize)
+#define PyDataType_SET_ELSIZE(d, s) ((void)((d)->elsize = (int)(s)))
+#endif
+
 #include "pa.h"
 
 /* A backend as Python sees it. The core backend stays open until close() was

@@ -589,7 +589,7 @@ static PyObject *buffer_link_method(PyObject *self, PyObject *obj)
 static PyObject *buffer_array_wrap(PyObject *self, PyObject *args, PyObject *kwds)
 {
     static char *kwlist[] = {"array", "context", "return_scalar", NULL};
-    PyObject *arr, *context = Py_None, *scalar = NULL;
+    PyObject *arr, *context = NULL, *scalar = NULL;
     if (!PyArg_ParseTupleAndKeywords(args, kwds, "O!|OO:__array_wrap__", kwlist, &PyArray_Type,
                                      &arr, &context, &scalar)) {
         return NULL;
@@ -598,8 +598,11 @@ static PyObject *buffer_array_wrap(PyObject *self, PyObject *args, PyObject *kwd
         Py_INCREF(arr); /* an out= argument that is device memory stays what it is */
         return arr;
     }
-    /* NumPy 2 says whether it wants a scalar; NumPy 1.x expects 0-d results as scalars */
-    int return_scalar = scalar == NULL ? 1 : PyObject_IsTrue(scalar);
+    /* NumPy 2 says whether it wants a scalar; NumPy 1.x expects 0-d ufunc results
+     * (wrap called with a context, None for reductions) as scalars, but not the
+     * arrays of methods such as squeeze (called with the array alone) */
+    int return_scalar = scalar != NULL ? PyObject_IsTrue(scalar)
+                                       : context != NULL;
     if (return_scalar < 0) {
         return NULL;
     }

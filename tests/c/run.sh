@@ -1,14 +1,21 @@
 #!/usr/bin/env bash
 # Builds and runs the C core's plain-C tests (tests/c/test_*.c) into
 # tests/c/bin/. CC and EXTRA_CFLAGS (e.g. "-fsanitize=address,undefined")
-# choose the lane. Exit 77 from a test means skipped; with
-# PYNQ_ALLOC_REQUIRE_HUGEPAGE=1 a skipped hugepage test is a failure.
+# choose the lane; for cross builds RUNNER runs each test (e.g.
+# "qemu-aarch64-static -L SYSROOT", which also sets PYNQ_ALLOC_EMULATED=1 for
+# the tests) and PYNQ_ALLOC_C_BIN puts the binaries elsewhere. Exit 77 from
+# a test means skipped; with PYNQ_ALLOC_REQUIRE_HUGEPAGE=1 a skipped hugepage
+# test is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 CC=${CC:-cc}
 EXTRA_CFLAGS=${EXTRA_CFLAGS:-}
-BIN=tests/c/bin
+RUNNER=${RUNNER:-}
+BIN=${PYNQ_ALLOC_C_BIN:-tests/c/bin}
+if [ -n "$RUNNER" ]; then
+    export PYNQ_ALLOC_EMULATED=1
+fi
 mkdir -p "$BIN"
 
 # The sources each test links; tests not named here link the whole core.
@@ -34,7 +41,8 @@ for src in tests/c/test_*.c; do
     fi
     echo "== $name"
     set +e
-    "$BIN/$name" 2>&1 | tee "$BIN/$name.log"
+    # shellcheck disable=SC2086 # RUNNER is a command with its arguments
+    $RUNNER "$BIN/$name" 2>&1 | tee "$BIN/$name.log"
     rc=${PIPESTATUS[0]}
     set -e
     # the test's own last line: "N passed, M failed"

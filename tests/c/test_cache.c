@@ -64,9 +64,23 @@ static void test_info(void)
     check(m != NULL && m[0] != '\0', "method is named", "empty");
     printf("# line %zu, method %s, user maintenance %s\n", line, m,
            pa_cache_user_maintenance() ? "yes" : "no");
+#if defined(__aarch64__)
+    /* the DC CVAC / DC CIVAC path, its line size read from CTR_EL0.DminLine
+     * (log2 of 4-byte words): read it here independently */
+    uint64_t ctr;
+    __asm__ volatile("mrs %0, ctr_el0" : "=r"(ctr));
+    check(line == ((size_t)4 << ((ctr >> 16) & 0xf)), "AArch64 line size is CTR_EL0.DminLine",
+          "%zu, CTR_EL0 0x%llx", line, (unsigned long long)ctr);
+    check(strcmp(m, "dc cvac/dc civac") == 0, "AArch64 maintains caches with DC CVAC / DC CIVAC",
+          "%s", m);
+#endif
 #if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
     check(pa_cache_user_maintenance(), "x86/AArch64 maintain caches from user space", "false");
 #else
+#if defined(__arm__)
+    /* 32-bit ARM (Zynq-7000): the kernel-assisted path, never a user-space guess */
+    check(strstr(m, "kernel") != NULL, "32-bit ARM names the kernel sync as its method", "%s", m);
+#endif
     check(!pa_cache_user_maintenance(), "this CPU needs the kernel for cache maintenance",
           "true");
 #endif
