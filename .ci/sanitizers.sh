@@ -44,7 +44,7 @@ for lane in $lanes; do
             python setup.py -q build_ext --inplace)
         (cd "$work/src" &&
             LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)" \
-            ASAN_OPTIONS="detect_leaks=1:log_path=$work/asan/log" PYTHONMALLOC=malloc \
+            ASAN_OPTIONS="detect_leaks=1:allocator_may_return_null=1:log_path=$work/asan/log" PYTHONMALLOC=malloc \
             UBSAN_OPTIONS="print_stacktrace=1:log_path=$work/asan/ubsan" LSAN_OPTIONS="exitcode=0" \
             "$py" -m pytest tests -q -p no:cacheprovider) || status=1
         python .ci/sanitizer_report.py asan "$work/asan/*" || status=1

@@ -187,7 +187,8 @@ class Emul:
              if not k.startswith(("PYNQ_ALLOC_", "DMAHEAP_SHIM_"))}
         e["PYTHONPATH"] = PKG_ROOT + os.pathsep + e.get("PYTHONPATH", "")
         e.update(PYNQ_ALLOC_SYSROOT=str(self.root), DMAHEAP_SHIM_LOG=str(self.log),
-                 LD_PRELOAD=self.shim)
+                 # after what is preloaded already (a sanitizer runtime must stay first)
+                 LD_PRELOAD=":".join(filter(None, [os.environ.get("LD_PRELOAD"), self.shim])))
         e.update({k: str(v) for k, v in extra.items()})
         return e
 

@@ -143,7 +143,8 @@ def run_ioctl(code, fake, shim, cwd, **env):
     log = Path(cwd) / "sync.log"
     if log.exists():
         log.unlink()
-    r = run(code, cwd, LD_PRELOAD=shim, UDMABUF_EMUL_DEV=fake.dev, UDMABUF_EMUL_SIZE=fake.size,
+    # after what is preloaded already (a sanitizer runtime must stay first)
+    r = run(code, cwd, LD_PRELOAD=":".join(filter(None, [os.environ.get("LD_PRELOAD"), shim])), UDMABUF_EMUL_DEV=fake.dev, UDMABUF_EMUL_SIZE=fake.size,
             UDMABUF_EMUL_PHYS=fake.phys, UDMABUF_EMUL_LOG=log, PYNQ_ALLOC_SYSROOT=fake.root, **env)
     lines = log.read_text().splitlines() if log.exists() else []
     rows = [(w[0], int(w[1]), int(w[2]), int(w[3]), w[4]) for w in map(str.split, lines)]

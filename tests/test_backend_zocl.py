@@ -82,7 +82,8 @@ class Board:
     def env(self, **env):
         e = {k: v for k, v in os.environ.items()
              if not k.startswith(("PYNQ_ALLOC_", "ZOCL_SHIM_"))}
-        e["LD_PRELOAD"] = self.shim
+        # after what is preloaded already (a sanitizer runtime must stay first)
+        e["LD_PRELOAD"] = ":".join(filter(None, [os.environ.get("LD_PRELOAD"), self.shim]))
         e["PYNQ_ALLOC_SYSROOT"] = str(self.root)
         e["ZOCL_SHIM_LOG"] = str(self.log)
         e["PYTHONPATH"] = os.pathsep.join(p for p in (PKG_PARENT, e.get("PYTHONPATH")) if p)

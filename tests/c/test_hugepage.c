@@ -28,23 +28,7 @@
 #endif
 #define HUGE_SYSFS "/sys/kernel/mm/hugepages/hugepages-2048kB/"
 
-static int passed, failed;
-
-static void check(int ok, const char *name, const char *fmt, ...)
-{
-    if (ok) {
-        passed++;
-        printf("ok   %s\n", name);
-        return;
-    }
-    failed++;
-    printf("FAIL %s: ", name);
-    va_list ap;
-    va_start(ap, fmt);
-    vprintf(fmt, ap);
-    va_end(ap);
-    printf("\n");
-}
+#include "ctest.h"
 
 static long read_long(const char *path)
 {
