@@ -33,10 +33,7 @@ MAX_ALIGN = 1 << 30  # documented: a power of two; beyond 1 GiB is "absurdly lar
 SETTINGS = hsettings(max_examples=FUZZ_EXAMPLES[PROFILE])
 NUMPY1 = np.lib.NumpyVersion(np.__version__) < "2.0.0"
 
-# Known bug, pinned by test_too_many_dimensions_fail_like_numpy: while True the
-# fuzzer does not try 33..64 dimensions on NumPy 1.x. Set to False once fixed.
-KNOWN_BUG_MAXDIMS_NUMPY1 = True
-MANY_DIMS = (65, 70) if NUMPY1 and KNOWN_BUG_MAXDIMS_NUMPY1 else (30, 70)
+MANY_DIMS = (30, 70)  # around NPY_MAXDIMS: 32 on NumPy 1.x, 64 on 2.x
 
 
 class Boom(Exception):
@@ -479,11 +476,9 @@ def test_argument_parsing_fuzz(names, npos):
 # ------------------------------------------------------ findings, pinned
 
 
-@pytest.mark.xfail(NUMPY1, strict=True, reason=(
-    "bug (NumPy 1.x only): allocate() accepts 33..64 dimensions where numpy.empty "
-    "refuses them (ValueError), so it raises TypeError for a bad dtype or MemoryError "
-    "for a large shape instead, and reserves device memory before numpy refuses"))
 def test_too_many_dimensions_fail_like_numpy(sim):
+    # Found by the fuzzer on NumPy 1.x: the fast shape path accepted 33..64
+    # dimensions (the NumPy 2 headers' NPY_MAXDIMS) where NumPy 1.x refuses >32.
     cases = [((1,) * n, "u3") for n in (33, 40, 64, 65)] + [((1,) * 40, "u1")]
     if NUMPY1:
         cases.append(((2,) * 40, "u1"))  # 1 TiB: numpy 2 cannot allocate it either

@@ -128,6 +128,108 @@ def test_extra_references_do_not_block_freebuffer(sim):
     assert used(sim) == 0 and history[1].size == 0 and also[0].device_address is None
 
 
+REC = np.dtype([("a", "<u4"), ("b", "<f4")])
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda b: b.view(np.recarray), id="view(np.recarray)"),
+    pytest.param(lambda b: b.view(type=np.recarray), id="view(type=recarray)"),
+    pytest.param(lambda b: b.view("<u4", np.recarray), id="view(dtype, recarray)"),
+    pytest.param(lambda b: np.rec.array(b, copy=False), id="np.rec.array(copy=False)"),
+    pytest.param(lambda b: b[1], id="structured scalar"),
+    pytest.param(lambda b: b[()] if b.ndim == 0 else list(b), id="iteration"),
+    pytest.param(lambda b: b.flat, id="flat iterator"),
+    pytest.param(lambda b: b.view("<u4").view(np.ndarray), id="plain view of a view"),
+])
+def test_objects_numpy_makes_from_the_buffer_are_counted(sim, make):
+    # They point into the memory; freebuffer() must refuse while they live, so
+    # they can never reach memory that another buffer got.
+    buf = sim.allocate(4, REC, align=64)
+    buf["a"] = [10, 11, 12, 13]
+    holder = make(buf)
+    with pytest.raises(BufferError, match="cannot free this buffer"):
+        buf.freebuffer()
+    assert used(sim) > 0 and buf["a"].tolist() == [10, 11, 12, 13]
+    del holder
+    buf.freebuffer()
+    assert used(sim) == 0
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
+def test_matrix_of_the_buffer_is_counted(sim):
+    buf = sim.allocate((2, 2), "f4")
+    m = np.asmatrix(buf)
+    assert type(m) is np.matrix
+    m[0, 1] = 2.5
+    assert buf[0, 1] == 2.5
+    with pytest.raises(BufferError, match="1 plain ndarray view"):
+        buf.freebuffer()
+    del m
+    buf.freebuffer()
+    assert used(sim) == 0
+
+
+def test_recarray_view_cannot_write_into_a_new_buffer(sim):
+    # the reproduction from the issue: before the fix freebuffer() succeeded and
+    # v[...] = 7 wrote into o
+    r = sim.allocate(16, "u1", align=64)
+    v = r.view(np.recarray)
+    with pytest.raises(BufferError):
+        r.freebuffer()
+    v[...] = 7
+    assert np.asarray(r).tolist() == [7] * 16
+    del v
+    r.freebuffer()
+    o = sim.allocate(16, "u1", align=64)
+    assert o.tolist() == [0] * 16
+
+
+def test_flat_iterator_of_a_large_buffer_keeps_it(sim):
+    # before the fix: freebuffer() succeeded and it[-1] crashed the interpreter
+    be = pytest.importorskip("pynq_alloc").open_backend("sim", size=256 << 20)
+    r = be.allocate(200 << 20, "u1")
+    r[-1] = 5
+    it = r.flat
+    with pytest.raises(BufferError):
+        r.freebuffer()
+    assert it[(200 << 20) - 1] == 5
+    it[(200 << 20) - 2] = 6
+    assert r[-2] == 6
+    del it
+    r.freebuffer()
+    assert be.info()["used"] == 0
+    be.close()
+
+
+def test_structured_scalar_writes_through_and_is_counted(sim):
+    buf = sim.allocate(3, REC)
+    rec = buf[2]
+    rec["a"] = 99  # a structured scalar is a view of one element
+    assert buf["a"][2] == 99
+    with pytest.raises(BufferError):
+        buf.freebuffer()
+    del rec
+    buf.freebuffer()
+
+
+def test_flat_and_view_still_behave_like_numpy(sim):
+    buf = sim.allocate((2, 3), "u2")
+    buf.flat = [1, 2, 3, 4, 5, 6]
+    assert buf.tolist() == [[1, 2, 3], [4, 5, 6]]
+    assert list(buf.flat) == [1, 2, 3, 4, 5, 6] and buf.flat[4] == 5
+    assert buf.T.flat[1] == 4  # flat of a view walks the view
+    v = buf.view("u1")
+    assert type(v) is type(buf) and v.device_address == buf.device_address and v.shape == (2, 6)
+    assert type(buf.view(np.ndarray)) is np.ndarray
+    assert type(buf.view(dtype="i2", type=np.ndarray)) is np.ndarray
+    with pytest.raises(TypeError):
+        buf.view("u1", np.ndarray, 3)
+    with pytest.raises(TypeError):
+        buf.view(bogus=1)
+    with pytest.raises(ValueError):
+        buf.view("u4")  # 6 bytes per row do not divide into u4
+
+
 def test_freebuffer_on_a_view_is_refused(sim):
     buf = sim.allocate(64)
     view = buf[1:]

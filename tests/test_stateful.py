@@ -166,7 +166,9 @@ class Handle:
     __slots__ = ("kind", "obj", "aid", "shadow", "released", "exporter_is_buffer")
 
     def __init__(self, kind, obj, aid, shadow):
-        self.kind = kind  # 'root', 'view' (Buffer), 'plain' (ndarray), 'mv', 'freed'
+        # 'root', 'view' (Buffer), 'plain' (ndarray), 'rec' (recarray view), 'mv',
+        # 'flat' (flat iterator), 'scalar' (structured scalar), 'freed'
+        self.kind = kind
         self.obj = obj
         self.aid = aid
         self.shadow = shadow
@@ -179,7 +181,7 @@ class Handle:
 
 
 FREEBUFFER_MSG = re.compile(
-    r"(\d+) view\(s\), (\d+) plain ndarray view\(s\) and (\d+) buffer export")
+    r"(\d+) view\(s\), (\d+) plain ndarray view\(s\)(?: \([^)]*\))? and (\d+) buffer export")
 
 
 def same_values(x, y):
@@ -537,12 +539,39 @@ class BufferMachine(RuleBasedStateMachine):
         assert data_ptr(res) == h.obj.virtual_address and res.strides == h.obj.strides
         self.add_handle("plain", res, h.aid, h.shadow)
 
+    @precondition(lambda self: len(self.handles) < MAX_HANDLES and self.has("root", "view", "plain"))
+    @rule(data=st.data(), how=st.sampled_from(["recarray", "flat", "scalar"]))
+    @step
+    def take_holder(self, data, how):
+        """Objects NumPy makes that point into the memory without being a Buffer
+        or a plain ndarray: they must be counted by freebuffer() all the same."""
+        hid, h = self.pick(data, lambda h: h.kind in ("root", "view", "plain"))
+        if h is None:
+            return
+        arr = h.obj
+        if how == "recarray":
+            res = arr.view(np.recarray)
+            assert type(res) is np.recarray and data_ptr(res) == data_ptr(arr)
+            self.add_handle("rec", res, h.aid, h.shadow)
+        elif how == "flat":
+            it = arr.flat
+            assert data_ptr(it.base) == data_ptr(arr) and it.base.shape == arr.shape
+            self.add_handle("flat", it, h.aid, h.shadow)
+        else:
+            if not arr.dtype.names or arr.size == 0:
+                return
+            idx = tuple(data.draw(st.integers(0, n - 1), label="index") for n in arr.shape)
+            res = arr[idx]
+            assert isinstance(res, np.void), type(res)
+            self.add_handle("scalar", res, h.aid, h.shadow[idx])
+        event(f"holder: {how} of {h.kind}")
+
     @precondition(lambda self: len(self.handles) < MAX_HANDLES
-                  and self.has("root", "view", "plain"))
+                  and self.has("root", "view", "plain", "rec"))
     @rule(data=st.data())
     @step
     def export_memoryview(self, data):
-        hid, h = self.pick(data, lambda h: h.kind in ("root", "view", "plain"))
+        hid, h = self.pick(data, lambda h: h.kind in ("root", "view", "plain", "rec"))
         if h is None:
             return
         mv, exc = raises(lambda: memoryview(h.obj))
@@ -577,12 +606,12 @@ class BufferMachine(RuleBasedStateMachine):
         del h
         self.collect()
 
-    @precondition(lambda self: self.has("root", "view", "plain"))
+    @precondition(lambda self: self.has("root", "view", "plain", "rec"))
     @rule(data=st.data(), mode=st.sampled_from(["random", "random", "zero", "same", "ufunc"]),
           seed=st.integers(0, 2**32 - 1))
     @step
     def cpu_write(self, data, mode, seed):
-        hid, h = self.pick(data, lambda h: h.kind in ("root", "view", "plain"))
+        hid, h = self.pick(data, lambda h: h.kind in ("root", "view", "plain", "rec"))
         if h is not None:
             self.do_cpu_write(hid, h, mode, seed)
 
@@ -759,7 +788,11 @@ class BufferMachine(RuleBasedStateMachine):
         for h in self.handles.values():
             if h.aid != aid or not h.keeps_alive or h.obj is root:
                 continue
-            o = h.obj.obj if h.kind == "mv" else h.obj  # a memoryview refers to its exporter
+            o = h.obj
+            if h.kind == "mv":
+                o = o.obj  # a memoryview refers to its exporter
+            elif h.kind in ("flat", "scalar"):
+                o = o.base  # the array the iterator walks, the array the scalar points into
             exports += h.kind == "mv" and h.exporter_is_buffer
             plain_refs += o is anchor  # each reference to the anchor counts
             while isinstance(o, np.ndarray) and id(o) not in seen:
@@ -883,6 +916,12 @@ class BufferMachine(RuleBasedStateMachine):
             if h.kind == "mv":
                 if not h.released and not h.shadow.dtype.names:
                     assert o.tobytes() == h.shadow.tobytes(), f"memoryview {hid}"
+                continue
+            if h.kind == "flat":
+                assert same_values(o.base, h.shadow), f"flat iterator {hid} data"
+                continue
+            if h.kind == "scalar":
+                assert same_values(np.asarray(o), np.asarray(h.shadow)), f"scalar {hid} data"
                 continue
             assert same_values(o, h.shadow), f"handle {hid} ({h.kind}) data"
             if h.kind in ("root", "view"):

@@ -4,6 +4,8 @@
  * the anchor alive, so the block is freed when the last of them is gone. */
 #include "binding.h"
 
+#include <numpy/arrayscalars.h>
+
 #include <stdio.h>
 #include <string.h>
 
@@ -210,6 +212,10 @@ static PyArray_Descr *pa_convert_dtype(PyObject *dtype)
 }
 
 #define PA_MAXDIMS 64 /* NumPy 2's limit; NumPy 1.x's (32) is lower */
+/* Tuples of up to this many ints are converted here; longer ones go to NumPy's
+ * converter, which enforces the limit of the NumPy that runs (the headers'
+ * NPY_MAXDIMS is NumPy 2's 64 even when NumPy 1.x runs, whose limit is 32). */
+#define PA_FAST_DIMS 32
 
 /* shape: ints and tuples of ints directly, anything else (and anything odd,
  * e.g. out of range) through NumPy's converter so errors are NumPy's */
@@ -222,7 +228,7 @@ static int pa_convert_shape(PyObject *shape, npy_intp *dims, int *nd)
             return 0;
         }
         PyErr_Clear();
-    } else if (PyTuple_CheckExact(shape) && PyTuple_GET_SIZE(shape) <= NPY_MAXDIMS) {
+    } else if (PyTuple_CheckExact(shape) && PyTuple_GET_SIZE(shape) <= PA_FAST_DIMS) {
         Py_ssize_t n = PyTuple_GET_SIZE(shape), i = 0;
         for (; i < n && PyLong_CheckExact(PyTuple_GET_ITEM(shape, i)); i++) {
             dims[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
@@ -513,9 +519,10 @@ static PyObject *buffer_freebuffer(PyObject *self, PyObject *unused)
     Py_ssize_t plain = Py_REFCNT(a->anchor) - 1; /* np.asarray(buf) & co. refer to the anchor */
     if (views > 0 || plain > 0 || a->exports > 0 || a->busy > 0) {
         PyErr_Format(PyExc_BufferError,
-                     "cannot free this buffer: %zd view(s), %zd plain ndarray view(s) and %zd "
-                     "buffer export(s) (memoryview) still use its memory%s; delete or release "
-                     "them first",
+                     "cannot free this buffer: %zd view(s), %zd plain ndarray view(s) (np.asarray, "
+                     "views as other ndarray subclasses, flat iterators, structured scalars) and "
+                     "%zd buffer export(s) (memoryview) still use its memory%s; delete or "
+                     "release them first",
                      views, plain, a->exports, a->busy > 0 ? ", and a sync is running" : "");
         return NULL;
     }
@@ -583,6 +590,119 @@ static PyObject *buffer_link_method(PyObject *self, PyObject *obj)
         return NULL;
     }
     Py_RETURN_NONE;
+}
+
+/* -------------------------------------------- objects that hold the root
+ * The root Buffer's reference count includes every name that refers to it
+ * (Jupyter's Out[] history among them), so objects that hold the root itself
+ * cannot be counted by freebuffer(). NumPy makes such objects for views as
+ * other ndarray subclasses, structured scalars and flat iterators; where they
+ * are made through Buffer's own methods they are re-pointed at the anchor,
+ * whose reference count freebuffer() does count. */
+
+/* the live allocation when self is its root, else NULL */
+static AllocationObject *pa_root_of(PyObject *self)
+{
+    AllocationObject *a = ((BufferObject *)self)->alloc;
+    return a != NULL && a->root == self && a->anchor != NULL ? a : NULL;
+}
+
+/* *slot held the root: make it hold the anchor instead (one owner swapped for
+ * another; the object's data pointer is unchanged) */
+static void pa_hold_anchor(PyObject **slot, PyObject *root, AllocationObject *a)
+{
+    if (*slot == root) {
+        Py_INCREF(a->anchor);
+        *slot = a->anchor;
+        Py_DECREF(root);
+    }
+}
+
+/* a result NumPy made from the root: re-point it at the anchor if it holds
+ * the root and is not itself a counted (linked) Buffer view */
+static PyObject *pa_rehome(PyObject *self, PyObject *res)
+{
+    AllocationObject *a;
+    if (res == NULL || (a = pa_root_of(self)) == NULL) {
+        return res;
+    }
+    if (PyArray_Check(res)) {
+        if (!(PaBuffer_Check(res) && ((BufferObject *)res)->alloc != NULL)) {
+            pa_hold_anchor(&((PyArrayObject_fields *)res)->base, self, a);
+        }
+    } else if (PyArray_IsScalar(res, Void)) {
+        pa_hold_anchor(&((PyVoidScalarObject *)res)->base, self, a);
+    }
+    return res;
+}
+
+static binaryfunc pa_ndarray_subscript;
+static ssizeargfunc pa_ndarray_item;
+static PyObject *pa_ndarray_view;     /* ndarray.view */
+static PyObject *pa_ndarray_flat;     /* ndarray.flat descriptor */
+
+/* buf[i] of a structured dtype is a scalar that points into the buffer */
+static PyObject *buffer_subscript(PyObject *self, PyObject *key)
+{
+    PyObject *res = pa_ndarray_subscript(self, key);
+    if (PyArray_DESCR((PyArrayObject *)self)->type_num == NPY_VOID) {
+        res = pa_rehome(self, res);
+    }
+    return res;
+}
+
+/* iteration (for rec in buf) goes through sq_item */
+static PyObject *buffer_item(PyObject *self, Py_ssize_t i)
+{
+    PyObject *res = pa_ndarray_item(self, i);
+    if (PyArray_DESCR((PyArrayObject *)self)->type_num == NPY_VOID) {
+        res = pa_rehome(self, res);
+    }
+    return res;
+}
+
+/* buf.view(np.recarray), np.asmatrix(buf), np.rec.array(buf, copy=False) */
+static PyObject *buffer_view(PyObject *self, PyObject *const *args, size_t nargsf,
+                             PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    Py_ssize_t n = nargs + (kwnames != NULL ? PyTuple_GET_SIZE(kwnames) : 0);
+    PyObject *small[8], **stack = small;
+    if (n + 1 > (Py_ssize_t)(sizeof(small) / sizeof(small[0]))) {
+        stack = PyMem_New(PyObject *, (size_t)n + 1);
+        if (stack == NULL) {
+            return PyErr_NoMemory();
+        }
+    }
+    stack[0] = self;
+    memcpy(stack + 1, args, (size_t)n * sizeof(PyObject *));
+    PyObject *res = PyObject_Vectorcall(pa_ndarray_view, stack, (size_t)nargs + 1, kwnames);
+    if (stack != small) {
+        PyMem_Free(stack);
+    }
+    return pa_rehome(self, res);
+}
+
+static PyObject *buffer_flat_get(PyObject *self, void *closure)
+{
+    (void)closure;
+    if (pa_root_of(self) == NULL) {
+        return PyArray_IterNew(self);
+    }
+    /* the iterator walks a plain view of the root, which holds the anchor */
+    PyObject *plain = PyArray_View((PyArrayObject *)self, NULL, &PyArray_Type);
+    if (plain == NULL) {
+        return NULL;
+    }
+    PyObject *it = PyArray_IterNew(plain);
+    Py_DECREF(plain);
+    return it;
+}
+
+static int buffer_flat_set(PyObject *self, PyObject *value, void *closure)
+{
+    (void)closure;
+    return Py_TYPE(pa_ndarray_flat)->tp_descr_set(pa_ndarray_flat, self, value);
 }
 
 /* ufunc and reduction results do not share the allocation: plain ndarrays */
@@ -720,6 +840,14 @@ static void buffer_releasebuffer(PyObject *self, Py_buffer *view)
     }
 }
 
+static PyMappingMethods buffer_as_mapping = {
+    .mp_subscript = buffer_subscript, /* the other slots are inherited */
+};
+
+static PySequenceMethods buffer_as_sequence = {
+    .sq_item = buffer_item,
+};
+
 static PyBufferProcs buffer_as_buffer = {
     .bf_getbuffer = buffer_getbuffer,
     .bf_releasebuffer = buffer_releasebuffer,
@@ -751,6 +879,9 @@ static PyMethodDef buffer_methods[] = {
      "_array_finalize($self, obj)\n--\n\nWhat Buffer.__array_finalize__ does (a C function NumPy calls "
      "directly); a Python subclass that defines __array_finalize__ calls this instead of "
      "super().__array_finalize__(obj)."},
+    {"view", (PyCFunction)(void (*)(void))buffer_view, METH_FASTCALL | METH_KEYWORDS,
+     "view($self, /, dtype=None, type=None)\n--\n\nnumpy.ndarray.view. A view as another ndarray "
+     "subclass (numpy.recarray, numpy.matrix) is counted by freebuffer() like a plain view."},
     {"__array_wrap__", (PyCFunction)(void (*)(void))buffer_array_wrap,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"__reduce__", buffer_reduce, METH_NOARGS, NULL},
@@ -768,6 +899,8 @@ static PyGetSetDef buffer_getset[] = {
     {"coherent", buffer_coherent, NULL, "True if no flush()/invalidate() is needed.", NULL},
     {"cacheable", buffer_coherent, NULL, "not coherent (PYNQ's definition).", "cacheable"},
     {"backend", buffer_backend, NULL, "The backend the memory came from.", NULL},
+    {"flat", buffer_flat_get, buffer_flat_set,
+     "numpy.ndarray.flat; a live iterator counts as a plain view for freebuffer().", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -782,6 +915,8 @@ PyTypeObject PaBuffer_Type = {
     .tp_basicsize = sizeof(BufferObject),
     .tp_dealloc = buffer_dealloc,
     .tp_as_buffer = &buffer_as_buffer,
+    .tp_as_mapping = &buffer_as_mapping,
+    .tp_as_sequence = &buffer_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .tp_doc = buffer_doc,
     .tp_methods = buffer_methods,
@@ -799,6 +934,17 @@ int pa_py_buffer_ready(void)
         return -1;
     }
     PaBuffer_Type.tp_base = &PyArray_Type;
+    pa_ndarray_subscript = PyArray_Type.tp_as_mapping->mp_subscript;
+    pa_ndarray_item = PyArray_Type.tp_as_sequence->sq_item;
+    pa_ndarray_view = PyDict_GetItemString(PyArray_Type.tp_dict, "view");
+    pa_ndarray_flat = PyDict_GetItemString(PyArray_Type.tp_dict, "flat");
+    if (pa_ndarray_view == NULL || pa_ndarray_flat == NULL ||
+        Py_TYPE(pa_ndarray_flat)->tp_descr_set == NULL) {
+        PyErr_SetString(PyExc_ImportError, "pynq_alloc: numpy.ndarray has no view/flat");
+        return -1;
+    }
+    Py_INCREF(pa_ndarray_view); /* kept for the life of the process, as the type is */
+    Py_INCREF(pa_ndarray_flat);
     if (PyType_Ready(&PaAllocation_Type) < 0 || PyType_Ready(&PaBuffer_Type) < 0) {
         return -1;
     }
