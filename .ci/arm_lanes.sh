@@ -38,11 +38,6 @@ PYTEST_SUBSET="tests/test_api.py tests/test_sync.py tests/test_views.py tests/te
  tests/test_backend_udmabuf.py tests/test_backend_xlnk.py tests/test_backend_zocl.py
  tests/test_backend_dmaheap.py tests/test_hugepage.py tests/test_32bit.py"
 
-# armhf: a test that fails on 32-bit ARM today, deselected so CI stays green
-# while it is investigated (ARM_STRICT=1 runs it): under qemu-arm the
-# once-per-process libcma check's subprocess does not give the expected call log.
-ARMHF_KNOWN_FAILURES="tests/test_backend_xlnk.py::test_libcma_is_loaded_once_per_process"
-
 log() { echo "[arm $(date +%T)] $*"; }
 
 # ---------------------------------------------------------------- host tools
@@ -194,10 +189,6 @@ run_lane() {
     else
         args=""
         for f in $PYTEST_SUBSET; do [ -e "$f" ] && args="$args $f"; done
-    fi
-    if [ "$lane" = armhf ] && [ "${ARM_STRICT:-0}" != 1 ] && [ -z "${ARM_PYTEST_ARGS:-}" ]; then
-        echo "armhf: deselected known 32-bit failures (ARM_STRICT=1 runs them):"
-        for f in $ARMHF_KNOWN_FAILURES; do echo "  $f"; args="$args --deselect $f"; done
     fi
     log "$lane: Python tests under qemu ($("$py" -c 'import platform, numpy, sys; print(platform.machine(), "Python", sys.version.split()[0], "NumPy", numpy.__version__)'))"
     # shellcheck disable=SC2086 # args is a list of paths / options
