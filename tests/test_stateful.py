@@ -181,7 +181,7 @@ class Handle:
 
 
 FREEBUFFER_MSG = re.compile(
-    r"(\d+) view\(s\), (\d+) plain ndarray view\(s\)(?: \([^)]*\))? and (\d+) buffer export")
+    r"(\d+) view\(s\), (\d+) plain ndarray view\(s\) and (\d+) buffer export")
 
 
 def same_values(x, y):

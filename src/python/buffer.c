@@ -519,11 +519,14 @@ static PyObject *buffer_freebuffer(PyObject *self, PyObject *unused)
     Py_ssize_t plain = Py_REFCNT(a->anchor) - 1; /* np.asarray(buf) & co. refer to the anchor */
     if (views > 0 || plain > 0 || a->exports > 0 || a->busy > 0) {
         PyErr_Format(PyExc_BufferError,
-                     "cannot free this buffer: %zd view(s), %zd plain ndarray view(s) (np.asarray, "
-                     "views as other ndarray subclasses, flat iterators, structured scalars) and "
-                     "%zd buffer export(s) (memoryview) still use its memory%s; delete or "
-                     "release them first",
-                     views, plain, a->exports, a->busy > 0 ? ", and a sync is running" : "");
+                     "cannot free this buffer: %zd view(s), %zd plain ndarray view(s) and %zd "
+                     "buffer export(s) (memoryview) still use its memory%s; delete or release "
+                     "them first%s",
+                     views, plain, a->exports, a->busy > 0 ? ", and a sync is running" : "",
+                     plain > 0 ? " (plain views include np.asarray(buf), views as other ndarray "
+                                 "subclasses such as np.recarray, flat iterators and structured "
+                                 "scalars)"
+                               : "");
         return NULL;
     }
     if (pa_neuter((PyArrayObject *)self) < 0 || pa_neuter((PyArrayObject *)a->anchor) < 0) {
