@@ -30,7 +30,7 @@
 #include "cache.h"
 #include "pa.h"
 #include "pagemap.h"
-#include "tlsf.h"
+#include "pool.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -120,11 +120,9 @@ typedef struct pa_dmaheap_dmabuf {
 typedef struct pa_dmaheap_heap pa_dmaheap_heap;
 
 typedef struct pa_dmaheap_chunk {
+    pa_pool_chunk pc; /* over buf's mapping */
     pa_dmaheap_dmabuf buf;
-    pa_dmaheap_heap *heap; /* whose chunk list holds it */
-    pa_tlsf *tlsf;
-    size_t live;    /* blocks handed out */
-    size_t touched; /* offsets at or above this were never handed out: still zero */
+    pa_dmaheap_heap *heap; /* whose pool holds it */
 } pa_dmaheap_chunk;
 
 struct pa_dmaheap_heap {
@@ -132,8 +130,7 @@ struct pa_dmaheap_heap {
     char path[PATH_MAX];
     int fd;  /* the heap node, open for the backend's lifetime */
     bool wc; /* it maps write-combine: coherent with no maintenance */
-    pa_dmaheap_chunk **chunks;
-    size_t nchunks, cap;
+    pa_pool pool; /* pooled dma-bufs */
 };
 
 typedef struct pa_dmaheap {
@@ -534,67 +531,44 @@ static void pa_dmaheap_dmabuf_release(pa_dmaheap_dmabuf *b)
     b->fd = -1;
 }
 
-static void pa_dmaheap_chunk_destroy(pa_dmaheap_chunk *c)
+static void pa_dmaheap_chunk_release(void *ctx, pa_pool_chunk *pc)
 {
-    pa_tlsf_destroy(c->tlsf);
+    (void)ctx;
+    pa_dmaheap_chunk *c = (pa_dmaheap_chunk *)pc;
     pa_dmaheap_dmabuf_release(&c->buf);
     free(c);
 }
 
+/* a new pooled dma-buf of h->chunk bytes, already in hp's pool */
 static int pa_dmaheap_chunk_new(pa_dmaheap *h, pa_dmaheap_heap *hp, pa_dmaheap_chunk **out,
                                 pa_err *err)
 {
-    int rc;
-    if (hp->nchunks == hp->cap) {
-        size_t cap = hp->cap ? 2 * hp->cap : 8;
-        pa_dmaheap_chunk **grown = realloc(hp->chunks, cap * sizeof(*grown));
-        if (grown == NULL) {
-            return pa_seterr(err, ENOMEM, "out of memory");
-        }
-        hp->chunks = grown;
-        hp->cap = cap;
-    }
     pa_dmaheap_chunk *c = calloc(1, sizeof(*c));
     if (c == NULL) {
         return pa_seterr(err, ENOMEM, "out of memory");
     }
-    rc = pa_dmaheap_dmabuf_new(hp, h->chunk, h->chunk, &c->buf, err);
+    int rc = pa_dmaheap_dmabuf_new(hp, h->chunk, h->chunk, &c->buf, err);
     if (rc < 0) {
-        goto free_chunk;
+        free(c);
+        return rc;
     }
-    c->tlsf = pa_tlsf_create(h->chunk, PA_LINE);
-    if (c->tlsf == NULL) {
-        rc = pa_seterr(err, ENOMEM, "out of memory creating the allocator of a %zu-byte pool",
-                       h->chunk);
-        goto release;
-    }
+    c->pc.cpu = c->buf.cpu;
+    c->pc.device = c->buf.phys;
+    c->pc.len = h->chunk;
     c->heap = hp;
-    hp->chunks[hp->nchunks++] = c;
+    /* the heap zeroes new dma-bufs */
+    if (pa_pool_add(&hp->pool, &c->pc, true) < 0) {
+        pa_dmaheap_chunk_release(NULL, &c->pc);
+        return pa_seterr(err, ENOMEM, "out of memory creating the allocator of a %zu-byte pool",
+                         h->chunk);
+    }
     *out = c;
     return 0;
-
-release:
-    pa_dmaheap_dmabuf_release(&c->buf);
-free_chunk:
-    free(c);
-    return rc;
-}
-
-static void pa_dmaheap_chunk_remove(pa_dmaheap_heap *hp, size_t i)
-{
-    pa_dmaheap_chunk *c = hp->chunks[i];
-    hp->chunks[i] = hp->chunks[--hp->nchunks];
-    pa_dmaheap_chunk_destroy(c);
 }
 
 static void pa_dmaheap_heap_close(pa_dmaheap_heap *hp)
 {
-    while (hp->nchunks > 0) {
-        pa_dmaheap_chunk_remove(hp, hp->nchunks - 1);
-    }
-    free(hp->chunks);
-    hp->chunks = NULL;
-    hp->cap = 0;
+    pa_pool_close(&hp->pool);
     if (hp->fd >= 0) {
         close(hp->fd);
         hp->fd = -1;
@@ -658,6 +632,8 @@ static int pa_dmaheap_open(pa_backend *be, const char *arg, const pa_option *opt
         return pa_seterr(err, ENOMEM, "out of memory");
     }
     h->main.fd = h->extra.fd = -1;
+    pa_pool_init(&h->main.pool, pa_dmaheap_chunk_release, NULL);
+    pa_pool_init(&h->extra.pool, pa_dmaheap_chunk_release, NULL);
     h->page = pa_dmaheap_pagesize();
     rc = pa_opt_bool(opts, nopts, "coherent", PA_DMAHEAP_SNOOPED, &h->coherent, err);
     if (rc == 0) {
@@ -783,43 +759,29 @@ static int pa_dmaheap_route(pa_dmaheap *h, unsigned flags, pa_dmaheap_heap **hp,
 static int pa_dmaheap_alloc_pooled(pa_dmaheap *h, pa_dmaheap_heap *hp, size_t size, size_t align,
                                    pa_block *blk, pa_err *err)
 {
+    pa_pool_chunk *pc = NULL;
     pa_dmaheap_chunk *c = NULL;
     pa_tlsf_block *tb = NULL;
     size_t off = 0, got = 0;
-    int rc;
-    for (size_t i = 0; i < hp->nchunks; i++) {
-        rc = pa_tlsf_alloc(hp->chunks[i]->tlsf, size, align, &off, &got, &tb);
-        if (rc == 0) {
-            c = hp->chunks[i];
-            break;
-        }
-        if (rc != -ENOMEM) {
-            return pa_seterr(err, -rc, "cannot allocate %zu bytes aligned to %zu: %s", size, align,
-                             strerror(-rc));
-        }
-    }
-    if (c == NULL) {
+    int rc = pa_pool_alloc(&hp->pool, size, align, &pc, &off, &got, &tb);
+    if (rc == -ENOMEM) {
         rc = pa_dmaheap_chunk_new(h, hp, &c, err);
         if (rc < 0) {
             return rc;
         }
-        rc = pa_tlsf_alloc(c->tlsf, size, align, &off, &got, &tb);
+        rc = pa_pool_alloc(&hp->pool, size, align, &pc, &off, &got, &tb);
         if (rc < 0) {
             return pa_seterr(err, -rc, "internal error: a fresh %zu-byte pool refused %zu bytes",
                              h->chunk, size);
         }
+    } else if (rc < 0) {
+        return pa_seterr(err, -rc, "cannot allocate %zu bytes aligned to %zu: %s", size, align,
+                         strerror(-rc));
     }
-    /* the heap zeroes new dma-bufs; only reused ranges need it */
-    if (off < c->touched) {
-        size_t end = off + got < c->touched ? off + got : c->touched;
-        memset(c->buf.cpu + off, 0, end - off);
-    }
-    if (off + got > c->touched) {
-        c->touched = off + got;
-    }
-    c->live++;
-    blk->cpu = c->buf.cpu + off;
-    blk->device_address = c->buf.phys + off;
+    c = (pa_dmaheap_chunk *)pc;
+    pa_pool_zero_reused(pc, off, got);
+    blk->cpu = pc->cpu + off;
+    blk->device_address = pc->device + off;
     blk->size = got;
     blk->handle = tb;
     blk->aux = (uint64_t)(uintptr_t)c;
@@ -896,20 +858,9 @@ static void pa_dmaheap_free(pa_backend *be, pa_block *blk)
         return;
     }
     pa_dmaheap_chunk *c = (pa_dmaheap_chunk *)(uintptr_t)blk->aux;
-    pa_tlsf_free(c->tlsf, blk->handle);
-    if (--c->live > 0) {
-        return;
-    }
-    /* keep the most recently emptied pool for the next request; release the
+    /* keeps the most recently emptied pool for the next request; releases the
      * other empty ones */
-    pa_dmaheap_heap *hp = c->heap;
-    for (size_t i = 0; i < hp->nchunks;) {
-        if (hp->chunks[i]->live == 0 && hp->chunks[i] != c) {
-            pa_dmaheap_chunk_remove(hp, i);
-        } else {
-            i++;
-        }
-    }
+    pa_pool_free(&c->heap->pool, &c->pc, blk->handle);
 }
 
 static int pa_dmaheap_sync_ioctl(int fd, uint64_t flags, pa_err *err)
@@ -970,25 +921,13 @@ static int pa_dmaheap_sync(pa_backend *be, const pa_block *blk, size_t off, size
     return rc < 0 ? rc : rc2;
 }
 
-static void pa_dmaheap_heap_stats(const pa_dmaheap_heap *hp, uint64_t *pooled, uint64_t *largest)
-{
-    for (size_t i = 0; i < hp->nchunks; i++) {
-        pa_tlsf_stats s;
-        pa_tlsf_get_stats(hp->chunks[i]->tlsf, &s);
-        *pooled += hp->chunks[i]->buf.len - s.used;
-        if (s.largest_free > *largest) {
-            *largest = s.largest_free;
-        }
-    }
-}
-
 static void pa_dmaheap_info(pa_backend *be, pa_info *info)
 {
     pa_dmaheap *h = be->priv;
     uint64_t cma_total, cma_free, pooled_free = 0, largest = 0;
     pa_cma_meminfo(&cma_total, &cma_free);
-    pa_dmaheap_heap_stats(&h->main, &pooled_free, &largest);
-    pa_dmaheap_heap_stats(&h->extra, &pooled_free, &largest);
+    pa_pool_stats(&h->main.pool, &pooled_free, &largest);
+    pa_pool_stats(&h->extra.pool, &pooled_free, &largest);
     /* free CMA as the kernel counts it (all CMA areas; an upper bound for
      * one piece) plus what our pools have left */
     info->free = cma_free + pooled_free;

@@ -6,7 +6,7 @@
 #define _GNU_SOURCE
 #include "cache.h"
 #include "pa.h"
-#include "tlsf.h"
+#include "pool.h"
 
 #include <dlfcn.h>
 #include <elf.h>
@@ -55,15 +55,12 @@ typedef enum pa_xlnk_sync_mode {
     PA_XLNK_SYNC_NONE,   /* no way to sync: every block is non-cacheable */
 } pa_xlnk_sync_mode;
 
-/* One cma_alloc: a pool chunk (tlsf != NULL) or one block of its own. */
+/* One cma_alloc: a pool chunk (pc.tlsf != NULL) or one block of its own.
+ * pc.cpu is what cma_alloc returned (the only pointer libcma knows), pc.device
+ * cma_get_phy_addr(cpu), pc.len the bytes asked of cma_alloc. */
 typedef struct pa_xlnk_cma {
-    char *cpu;     /* what cma_alloc returned: the only pointer libcma knows */
-    uint64_t phys; /* cma_get_phy_addr(cpu) */
-    size_t len;    /* bytes asked of cma_alloc */
-    bool cached;   /* cma_alloc(len, 1) */
-    pa_tlsf *tlsf; /* pool chunks only: offsets [0, len) */
-    size_t live;   /* pool chunks only: blocks handed out */
-    struct pa_xlnk_cma *prev, *next;
+    pa_pool_chunk pc;
+    bool cached; /* cma_alloc(len, 1) */
 } pa_xlnk_cma;
 
 typedef struct pa_xlnk {
@@ -77,8 +74,8 @@ typedef struct pa_xlnk {
     pa_xlnk_sync_mode sync;
     size_t page;
     size_t pool_chunk, pool_max; /* pool_max 0: no pooling */
-    pa_xlnk_cma *pools[2];       /* by cached */
-    pa_xlnk_cma *own;            /* blocks with a cma_alloc of their own */
+    pa_pool pools[2];            /* by cached */
+    pa_pool own;                 /* blocks with a cma_alloc of their own (a plain list) */
     uint64_t held;               /* bytes asked of cma_alloc and not yet freed */
     char library[PATH_MAX];
 } pa_xlnk;
@@ -244,28 +241,6 @@ static int pa_xlnk_nomem(pa_xlnk *x, size_t request, size_t len, bool cached, pa
                      request, len, cached ? 1 : 0, avail);
 }
 
-static void pa_xlnk_link(pa_xlnk_cma **head, pa_xlnk_cma *c)
-{
-    c->prev = NULL;
-    c->next = *head;
-    if (*head != NULL) {
-        (*head)->prev = c;
-    }
-    *head = c;
-}
-
-static void pa_xlnk_unlink(pa_xlnk_cma **head, pa_xlnk_cma *c)
-{
-    if (c->prev != NULL) {
-        c->prev->next = c->next;
-    } else {
-        *head = c->next;
-    }
-    if (c->next != NULL) {
-        c->next->prev = c->prev;
-    }
-}
-
 /* one cma_alloc of len bytes, with its physical address; request is for messages */
 static int pa_xlnk_cma_new(pa_xlnk *x, size_t len, bool cached, size_t request, pa_xlnk_cma **out,
                            pa_err *err)
@@ -299,9 +274,9 @@ static int pa_xlnk_cma_new(pa_xlnk *x, size_t len, bool cached, size_t request, 
                        len, x->library);
         goto free_c;
     }
-    c->cpu = p;
-    c->phys = (uint64_t)phys;
-    c->len = len;
+    c->pc.cpu = p;
+    c->pc.device = (uint64_t)phys;
+    c->pc.len = len;
     c->cached = cached;
     x->held += len;
     *out = c;
@@ -315,13 +290,15 @@ free_c:
 static void pa_xlnk_cma_release(pa_xlnk *x, pa_xlnk_cma *c)
 {
     pthread_mutex_lock(&pa_xlnk_cma_lock);
-    x->cma_free(c->cpu);
+    x->cma_free(c->pc.cpu);
     pthread_mutex_unlock(&pa_xlnk_cma_lock);
-    x->held -= c->len;
-    if (c->tlsf != NULL) {
-        pa_tlsf_destroy(c->tlsf);
-    }
+    x->held -= c->pc.len;
     free(c);
+}
+
+static void pa_xlnk_pool_release(void *ctx, pa_pool_chunk *c)
+{
+    pa_xlnk_cma_release(ctx, (pa_xlnk_cma *)c);
 }
 
 /* [off, off+len) of c: clean (TO_DEVICE) or clean+invalidate (FROM_DEVICE) */
@@ -335,8 +312,8 @@ static int pa_xlnk_sync_cma(pa_xlnk *x, const pa_xlnk_cma *c, size_t off, size_t
         return 0;
     }
     if (x->sync == PA_XLNK_SYNC_CPU) {
-        int rc = dir == PA_TO_DEVICE ? pa_cache_clean(c->cpu + off, len)
-                                     : pa_cache_clean_invalidate(c->cpu + off, len);
+        int rc = dir == PA_TO_DEVICE ? pa_cache_clean(c->pc.cpu + off, len)
+                                     : pa_cache_clean_invalidate(c->pc.cpu + off, len);
         if (rc < 0) {
             return pa_seterr(err, -rc, "cache maintenance (%s) failed: %s", pa_cache_method(),
                              strerror(-rc));
@@ -346,7 +323,7 @@ static int pa_xlnk_sync_cma(pa_xlnk *x, const pa_xlnk_cma *c, size_t off, size_t
     if (x->sync != PA_XLNK_SYNC_LIBCMA) {
         return pa_seterr(err, ENOTSUP, "internal error: a cacheable xlnk block with no sync");
     }
-    uint64_t phys = c->phys + off;
+    uint64_t phys = c->pc.device + off;
     /* libcma takes the physical address as unsigned int (the 32-bit xlnk driver) */
     if (phys > UINT_MAX || len - 1 > UINT_MAX - phys) {
         return pa_seterr(err, ERANGE,
@@ -357,7 +334,7 @@ static int pa_xlnk_sync_cma(pa_xlnk *x, const pa_xlnk_cma *c, size_t off, size_t
     pa_xlnk_sync_fn fn = dir == PA_TO_DEVICE ? x->cma_flush_cache : x->cma_invalidate_cache;
     while (len > 0) {
         size_t n = len < PA_XLNK_SYNC_STEP ? len : PA_XLNK_SYNC_STEP;
-        fn(c->cpu + off, (unsigned int)phys, (int)n);
+        fn(c->pc.cpu + off, (unsigned int)phys, (int)n);
         off += n;
         phys += n;
         len -= n;
@@ -370,43 +347,39 @@ static int pa_xlnk_pool_alloc(pa_xlnk *x, size_t size, size_t align, bool cached
                               size_t *off, pa_tlsf_block **tb, pa_err *err)
 {
     size_t got;
+    pa_pool_chunk *pc;
     pa_xlnk_cma *c = NULL;
-    int rc;
-    for (c = x->pools[cached]; c != NULL; c = c->next) {
-        rc = pa_tlsf_alloc(c->tlsf, size, align, off, &got, tb);
-        if (rc == 0) {
-            *out = c;
-            return 0;
-        }
-        if (rc != -ENOMEM) {
-            return pa_seterr(err, -rc, "cannot allocate %zu bytes aligned to %zu: %s", size, align,
-                             strerror(-rc));
-        }
+    int rc = pa_pool_alloc(&x->pools[cached], size, align, &pc, off, &got, tb);
+    if (rc == 0) {
+        *out = (pa_xlnk_cma *)pc;
+        return 0;
+    }
+    if (rc != -ENOMEM) {
+        return pa_seterr(err, -rc, "cannot allocate %zu bytes aligned to %zu: %s", size, align,
+                         strerror(-rc));
     }
     rc = pa_xlnk_cma_new(x, x->pool_chunk, cached, size, &c, err);
     if (rc < 0) {
         return rc;
     }
     /* tlsf aligns offsets; they are physical alignments only from a page boundary */
-    if (c->phys % x->page != 0) {
+    if (c->pc.device % x->page != 0) {
         rc = pa_seterr(err, EIO,
                        "libcma returned physical address 0x%llx, not page aligned; the libcma "
                        "at %s does not match the xlnk driver (pool_max=0 avoids pooling)",
-                       (unsigned long long)c->phys, x->library);
+                       (unsigned long long)c->pc.device, x->library);
         goto release;
     }
-    c->tlsf = pa_tlsf_create(c->len, PA_LINE);
-    if (c->tlsf == NULL) {
-        rc = pa_seterr(err, ENOMEM, "out of memory creating the allocator of a CMA chunk");
-        goto release;
-    }
-    rc = pa_tlsf_alloc(c->tlsf, size, align, off, &got, tb);
+    /* libcma makes no promise about the contents: every block is zeroed */
+    rc = pa_pool_adopt(&x->pools[cached], &c->pc, false, size, align, off, &got, tb);
     if (rc < 0) {
-        rc = pa_seterr(err, -rc, "internal error: a fresh %zu-byte CMA chunk refused %zu bytes",
-                       c->len, size);
+        rc = rc == -ENOMEM
+                 ? pa_seterr(err, ENOMEM, "out of memory creating the allocator of a CMA chunk")
+                 : pa_seterr(err, EIO,
+                             "internal error: a fresh %zu-byte CMA chunk refused %zu bytes",
+                             c->pc.len, size);
         goto release;
     }
-    pa_xlnk_link(&x->pools[cached], c);
     *out = c;
     return 0;
 
@@ -434,9 +407,9 @@ static int pa_xlnk_own_alloc(pa_xlnk *x, size_t size, size_t align, bool cached,
         if (rc < 0) {
             return rc;
         }
-        size_t o = (size_t)(-c->phys & (uint64_t)(align - 1));
+        size_t o = (size_t)(-c->pc.device & (uint64_t)(align - 1));
         if (o <= pad) {
-            pa_xlnk_link(&x->own, c);
+            pa_pool_link(&x->own, &c->pc);
             *out = c;
             *off = o;
             return 0;
@@ -481,28 +454,21 @@ static int pa_xlnk_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     }
     /* libcma makes no promise about the contents; a cacheable block must also
      * leave no dirty lines that could later overwrite what the device wrote */
-    memset(c->cpu + off, 0, size);
+    memset(c->pc.cpu + off, 0, size);
     if (cached) {
         rc = pa_xlnk_sync_cma(x, c, off, size, PA_TO_DEVICE, err);
         if (rc < 0) {
             if (tb != NULL) {
-                pa_tlsf_free(c->tlsf, tb);
-                if (c->live == 0) {
-                    pa_xlnk_unlink(&x->pools[cached], c);
-                    pa_xlnk_cma_release(x, c);
-                }
+                pa_pool_free(&x->pools[cached], &c->pc, tb);
             } else {
-                pa_xlnk_unlink(&x->own, c);
+                pa_pool_unlink(&x->own, &c->pc);
                 pa_xlnk_cma_release(x, c);
             }
             return rc;
         }
     }
-    if (tb != NULL) {
-        c->live++;
-    }
-    blk->cpu = c->cpu + off;
-    blk->device_address = c->phys + off;
+    blk->cpu = c->pc.cpu + off;
+    blk->device_address = c->pc.device + off;
     blk->size = size;
     blk->coherent = !cached;
     blk->handle = c;
@@ -516,22 +482,12 @@ static void pa_xlnk_free(pa_backend *be, pa_block *blk)
     pa_xlnk_cma *c = blk->handle;
     pa_tlsf_block *tb = (pa_tlsf_block *)(uintptr_t)blk->aux;
     if (tb == NULL) {
-        pa_xlnk_unlink(&x->own, c);
+        pa_pool_unlink(&x->own, &c->pc);
         pa_xlnk_cma_release(x, c);
         return;
     }
-    pa_tlsf_free(c->tlsf, tb);
-    if (--c->live > 0) {
-        return;
-    }
-    /* keep this chunk for the next small request; give back any other empty one */
-    for (pa_xlnk_cma *o = x->pools[c->cached]; o != NULL; o = o->next) {
-        if (o != c && o->live == 0) {
-            pa_xlnk_unlink(&x->pools[c->cached], o);
-            pa_xlnk_cma_release(x, o);
-            break;
-        }
-    }
+    /* keeps this chunk for the next small request; gives back any other empty one */
+    pa_pool_free(&x->pools[c->cached], &c->pc, tb);
 }
 
 static int pa_xlnk_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
@@ -539,7 +495,7 @@ static int pa_xlnk_sync(pa_backend *be, const pa_block *blk, size_t off, size_t 
 {
     pa_xlnk *x = be->priv;
     const pa_xlnk_cma *c = blk->handle;
-    size_t base = (size_t)((char *)blk->cpu - c->cpu);
+    size_t base = (size_t)((char *)blk->cpu - c->pc.cpu);
     if (x->sync == PA_XLNK_SYNC_LIBCMA) {
         /* whole lines, never past the block (its size is a multiple of PA_LINE) */
         size_t end = (off + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1);
@@ -556,15 +512,9 @@ static void pa_xlnk_info(pa_backend *be, pa_info *info)
     if (!pa_xlnk_free_cma(x, &avail)) {
         avail = 0;
     }
-    for (int k = 0; k < 2; k++) {
-        for (const pa_xlnk_cma *c = x->pools[k]; c != NULL; c = c->next) {
-            pa_tlsf_stats s;
-            pa_tlsf_get_stats(c->tlsf, &s);
-            if (s.largest_free > largest) {
-                largest = s.largest_free;
-            }
-        }
-    }
+    uint64_t pooled = 0; /* already counted as held */
+    pa_pool_stats(&x->pools[0], &pooled, &largest);
+    pa_pool_stats(&x->pools[1], &pooled, &largest);
     /* free CMA may be fragmented: its size is an upper bound on one buffer */
     if (avail > largest) {
         largest = avail;
@@ -581,13 +531,9 @@ static void pa_xlnk_close(pa_backend *be)
     if (x == NULL) {
         return;
     }
-    pa_xlnk_cma *lists[] = {x->pools[0], x->pools[1], x->own};
-    for (size_t i = 0; i < sizeof(lists) / sizeof(lists[0]); i++) {
-        for (pa_xlnk_cma *c = lists[i], *next; c != NULL; c = next) {
-            next = c->next;
-            pa_xlnk_cma_release(x, c);
-        }
-    }
+    pa_pool_close(&x->pools[0]);
+    pa_pool_close(&x->pools[1]);
+    pa_pool_close(&x->own);
     dlclose(x->dl);
     free(x);
     be->priv = NULL;
@@ -684,6 +630,9 @@ static int pa_xlnk_open(pa_backend *be, const char *arg, const pa_option *opts, 
     long page = sysconf(_SC_PAGESIZE);
     x->page = page > 0 ? (size_t)page : 4096;
     x->sync = mode;
+    pa_pool_init(&x->pools[0], pa_xlnk_pool_release, x);
+    pa_pool_init(&x->pools[1], pa_xlnk_pool_release, x);
+    pa_pool_init(&x->own, pa_xlnk_pool_release, x);
     rc = pa_xlnk_parse_sizes(x, opts, nopts, err);
     if (rc < 0) {
         goto free_x;

@@ -4,7 +4,7 @@
 #define _GNU_SOURCE
 #define _FILE_OFFSET_BITS 64 /* DRM fake mmap offsets exceed 2 GiB on 32-bit ARM */
 #include "pa.h"
-#include "tlsf.h"
+#include "pool.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -122,17 +122,13 @@ _Static_assert(PA_ZOCL_IOC_INFO_BO == 0xC0186445u, "DRM_IOCTL_ZOCL_INFO_BO");
     "CMA is exhausted: increase cma= on the kernel command line (e.g. cma=512M in the boot "       \
     "arguments), or free buffers that are no longer needed"
 
-/* One buffer object, mapped whole. tlsf != NULL: a pool shared by small blocks. */
+/* One buffer object, mapped whole: pc.cpu is the mapping, pc.len the BO's
+ * size as the driver reports it, pc.device its physical address. In a pool
+ * (pc.tlsf != NULL) small blocks share it. */
 typedef struct pa_zocl_bo {
+    pa_pool_chunk pc;
     uint32_t handle;
     bool cacheable;
-    char *map;
-    size_t len;      /* bytes mapped: the BO's size as the driver reports it */
-    uint64_t paddr;  /* physical address of map[0] */
-    pa_tlsf *tlsf;   /* offsets [0, len) */
-    size_t live;     /* blocks handed out */
-    size_t touched;  /* offsets at or above this were never handed out: still zero */
-    struct pa_zocl_bo *next;
 } pa_zocl_bo;
 
 typedef struct pa_zocl {
@@ -144,7 +140,7 @@ typedef struct pa_zocl {
     size_t pool_max;   /* requests up to this size share pooled BOs; 0: never */
     size_t pool_chunk; /* size of a pool BO */
     size_t page;
-    pa_zocl_bo *pools[2]; /* [cacheable] */
+    pa_pool pools[2];     /* [cacheable] */
     uint64_t bo_bytes;    /* bytes in live BOs */
 } pa_zocl;
 
@@ -278,11 +274,15 @@ static void pa_zocl_gem_close(pa_zocl *z, uint32_t handle)
 
 static void pa_zocl_bo_destroy(pa_zocl *z, pa_zocl_bo *bo)
 {
-    pa_tlsf_destroy(bo->tlsf);
-    munmap(bo->map, bo->len);
+    munmap(bo->pc.cpu, bo->pc.len);
     pa_zocl_gem_close(z, bo->handle);
-    z->bo_bytes -= bo->len;
+    z->bo_bytes -= bo->pc.len;
     free(bo);
+}
+
+static void pa_zocl_pool_release(void *ctx, pa_pool_chunk *c)
+{
+    pa_zocl_bo_destroy(ctx, (pa_zocl_bo *)c);
 }
 
 /* A new BO of at least size bytes, mapped. request (bytes) is for messages.
@@ -343,8 +343,8 @@ static int pa_zocl_bo_new(pa_zocl *z, size_t size, bool cacheable, size_t reques
                        z->version[2]);
         goto close_bo;
     }
-    bo->len = (size_t)info.size;
-    bo->paddr = info.paddr;
+    bo->pc.len = (size_t)info.size;
+    bo->pc.device = info.paddr;
     memset(&map, 0, sizeof(map));
     map.handle = c.handle;
     rc = pa_zocl_ioctl(z->fd, PA_ZOCL_IOC_MAP_BO, &map);
@@ -358,15 +358,15 @@ static int pa_zocl_bo_new(pa_zocl *z, size_t size, bool cacheable, size_t reques
                        z->node, (unsigned long long)map.offset);
         goto close_bo;
     }
-    void *p = mmap(NULL, bo->len, PROT_READ | PROT_WRITE, MAP_SHARED, z->fd, (off_t)map.offset);
+    void *p = mmap(NULL, bo->pc.len, PROT_READ | PROT_WRITE, MAP_SHARED, z->fd, (off_t)map.offset);
     if (p == MAP_FAILED) {
         int e = errno;
-        rc = pa_seterr(err, e, "mmap of a %zu-byte zocl buffer object on %s failed: %s", bo->len,
+        rc = pa_seterr(err, e, "mmap of a %zu-byte zocl buffer object on %s failed: %s", bo->pc.len,
                        z->node, strerror(e));
         goto close_bo;
     }
-    bo->map = p;
-    z->bo_bytes += bo->len;
+    bo->pc.cpu = p;
+    z->bo_bytes += bo->pc.len;
     *out = bo;
     return 0;
 
@@ -377,28 +377,11 @@ free_bo:
     return rc;
 }
 
-/* unmaps and closes the empty pool BOs (of keep's kind, other than keep; all
- * when keep is NULL); true if there was one */
-static bool pa_zocl_drop_empty(pa_zocl *z, const pa_zocl_bo *keep)
+/* unmaps and closes every empty pool BO; true if there was one */
+static bool pa_zocl_drop_empty(pa_zocl *z)
 {
-    bool dropped = false;
-    for (int c = 0; c < 2; c++) {
-        if (keep != NULL && c != (int)keep->cacheable) {
-            continue;
-        }
-        pa_zocl_bo **pp = &z->pools[c];
-        while (*pp != NULL) {
-            pa_zocl_bo *bo = *pp;
-            if (bo->live == 0 && bo != keep) {
-                *pp = bo->next;
-                pa_zocl_bo_destroy(z, bo);
-                dropped = true;
-            } else {
-                pp = &bo->next;
-            }
-        }
-    }
-    return dropped;
+    bool a = pa_pool_drop_empty(&z->pools[0], NULL), b = pa_pool_drop_empty(&z->pools[1], NULL);
+    return a || b;
 }
 
 /* SYNC_BO over bytes [off, off+len) of bo: the kernel cleans (to device) or
@@ -484,6 +467,8 @@ static int pa_zocl_open(pa_backend *be, const char *arg, const pa_option *opts, 
     z->bank = (uint32_t)bank;
     z->pool_max = pool_max;
     z->pool_chunk = pool_chunk;
+    pa_pool_init(&z->pools[0], pa_zocl_pool_release, z);
+    pa_pool_init(&z->pools[1], pa_zocl_pool_release, z);
     z->page = (size_t)page;
     rc = pa_zocl_find(arg, &z->fd, z->node, sizeof(z->node), z->version, err);
     if (rc < 0) {
@@ -507,31 +492,31 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     int rc;
 
     if (size <= z->pool_max && align <= z->page) {
-        for (bo = z->pools[cacheable]; bo != NULL; bo = bo->next) {
-            if (bo->paddr % align == 0 &&
-                pa_tlsf_alloc(bo->tlsf, size, align, &off, &got, &tb) == 0) {
-                goto pooled;
-            }
+        pa_pool *pool = &z->pools[cacheable];
+        pa_pool_chunk *pc;
+        if (pa_pool_alloc(pool, size, align, &pc, &off, &got, &tb) == 0) {
+            bo = (pa_zocl_bo *)pc;
+            goto pooled;
         }
         rc = pa_zocl_bo_new(z, z->pool_chunk, cacheable, size, &bo, &cma_short, err);
-        if (cma_short && pa_zocl_drop_empty(z, NULL)) {
+        if (cma_short && pa_zocl_drop_empty(z)) {
             rc = pa_zocl_bo_new(z, z->pool_chunk, cacheable, size, &bo, &cma_short, err);
         }
         if (rc == 0) {
-            bo->tlsf = pa_tlsf_create(bo->len, PA_LINE);
-            if (bo->tlsf == NULL) {
-                pa_zocl_bo_destroy(z, bo);
-                return pa_seterr(err, ENOMEM, "out of memory for a pool's allocator");
-            }
-            bo->next = z->pools[cacheable];
-            z->pools[cacheable] = bo;
-            if (bo->paddr % align == 0 &&
-                pa_tlsf_alloc(bo->tlsf, size, align, &off, &got, &tb) == 0) {
+            /* a fresh BO comes zeroed (and clean) from the driver */
+            rc = pa_pool_adopt(pool, &bo->pc, true, size, align, &off, &got, &tb);
+            if (rc == 0) {
                 goto pooled;
             }
+            unsigned long long at = (unsigned long long)bo->pc.device;
+            pa_zocl_bo_destroy(z, bo);
+            if (rc == -ENOMEM) {
+                return pa_seterr(err, ENOMEM, "out of memory for a pool's allocator");
+            }
             return pa_seterr(err, EIO,
-                             "zocl returned a buffer object at 0x%llx, not aligned to %zu bytes",
-                             (unsigned long long)bo->paddr, align);
+                             "zocl returned a %zu-byte buffer object at 0x%llx that cannot hold "
+                             "%zu bytes aligned to %zu",
+                             z->pool_chunk, at, size, align);
         }
         if (!cma_short) {
             return rc;
@@ -540,13 +525,13 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     }
 
     rc = pa_zocl_bo_new(z, size, cacheable, size, &bo, &cma_short, err);
-    if (cma_short && pa_zocl_drop_empty(z, NULL)) {
+    if (cma_short && pa_zocl_drop_empty(z)) {
         rc = pa_zocl_bo_new(z, size, cacheable, size, &bo, &cma_short, err);
     }
     if (rc < 0) {
         return rc;
     }
-    if (bo->paddr % align != 0) {
+    if (bo->pc.device % align != 0) {
         /* CMA aligns a BO to its size's order only up to CONFIG_CMA_ALIGNMENT:
          * allocate align bytes more and start at the first aligned byte */
         size_t bigger;
@@ -559,11 +544,10 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
         if (rc < 0) {
             return rc;
         }
-        off = (size_t)((align - bo->paddr % align) % align);
+        off = (size_t)((align - bo->pc.device % align) % align);
     }
-    bo->live = 1;
-    blk->cpu = bo->map + off;
-    blk->device_address = bo->paddr + off;
+    blk->cpu = bo->pc.cpu + off;
+    blk->device_address = bo->pc.device + off;
     blk->size = size;
     blk->coherent = !cacheable;
     blk->handle = NULL;
@@ -571,24 +555,17 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     return 0;
 
 pooled:
-    /* a fresh BO comes zeroed (and clean) from the driver; only reused ranges need it */
-    if (off < bo->touched) {
-        size_t end = off + got < bo->touched ? off + got : bo->touched;
-        memset(bo->map + off, 0, end - off);
-        if (cacheable) {
-            rc = pa_zocl_sync_range(z, bo, off, end - off, PA_ZOCL_SYNC_TO_DEVICE, err);
-            if (rc < 0) {
-                pa_tlsf_free(bo->tlsf, tb);
-                return rc;
-            }
+    /* only ranges handed out before need zeroing, and cleaning when cached */
+    size_t dirty = pa_pool_zero_reused(&bo->pc, off, got);
+    if (dirty > 0 && cacheable) {
+        rc = pa_zocl_sync_range(z, bo, off, dirty, PA_ZOCL_SYNC_TO_DEVICE, err);
+        if (rc < 0) {
+            pa_pool_free(&z->pools[cacheable], &bo->pc, tb);
+            return rc;
         }
     }
-    if (off + got > bo->touched) {
-        bo->touched = off + got;
-    }
-    bo->live++;
-    blk->cpu = bo->map + off;
-    blk->device_address = bo->paddr + off;
+    blk->cpu = bo->pc.cpu + off;
+    blk->device_address = bo->pc.device + off;
     blk->size = got;
     blk->coherent = !cacheable;
     blk->handle = tb;
@@ -600,15 +577,12 @@ static void pa_zocl_free(pa_backend *be, pa_block *blk)
 {
     pa_zocl *z = be->priv;
     pa_zocl_bo *bo = (pa_zocl_bo *)(uintptr_t)blk->aux;
-    if (bo->tlsf == NULL) {
+    if (bo->pc.tlsf == NULL) {
         pa_zocl_bo_destroy(z, bo);
         return;
     }
-    pa_tlsf_free(bo->tlsf, blk->handle);
-    /* keep the most recently emptied pool BO for the next small alloc */
-    if (--bo->live == 0) {
-        pa_zocl_drop_empty(z, bo);
-    }
+    /* keeps the most recently emptied pool BO for the next small alloc */
+    pa_pool_free(&z->pools[bo->cacheable], &bo->pc, blk->handle);
 }
 
 static int pa_zocl_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
@@ -623,7 +597,7 @@ static int pa_zocl_sync(pa_backend *be, const pa_block *blk, size_t off, size_t 
         return pa_seterr(err, EINVAL, "unknown sync direction %d", (int)dir);
     }
     /* whole cache lines; blocks start on a line and never share one */
-    size_t base = (size_t)((const char *)blk->cpu - bo->map);
+    size_t base = (size_t)((const char *)blk->cpu - bo->pc.cpu);
     size_t lo = (base + off) & ~((size_t)PA_LINE - 1);
     size_t hi = (base + off + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1);
     if (hi > base + blk->size) {
@@ -640,16 +614,8 @@ static void pa_zocl_info(pa_backend *be, pa_info *info)
     pa_zocl *z = be->priv;
     uint64_t cma_total, cma_free, pool_free = 0, largest = 0;
     pa_cma_meminfo(&cma_total, &cma_free);
-    for (int c = 0; c < 2; c++) {
-        for (pa_zocl_bo *bo = z->pools[c]; bo != NULL; bo = bo->next) {
-            pa_tlsf_stats s;
-            pa_tlsf_get_stats(bo->tlsf, &s);
-            pool_free += s.free;
-            if (s.largest_free > largest) {
-                largest = s.largest_free;
-            }
-        }
-    }
+    pa_pool_stats(&z->pools[0], &pool_free, &largest);
+    pa_pool_stats(&z->pools[1], &pool_free, &largest);
     /* CMA is shared with the rest of the system; its free space may be fragmented */
     info->total = cma_total > z->bo_bytes ? cma_total : z->bo_bytes;
     info->free = cma_free + pool_free;
@@ -664,13 +630,8 @@ static void pa_zocl_close(pa_backend *be)
     if (z == NULL) {
         return;
     }
-    for (int c = 0; c < 2; c++) {
-        while (z->pools[c] != NULL) {
-            pa_zocl_bo *bo = z->pools[c];
-            z->pools[c] = bo->next;
-            pa_zocl_bo_destroy(z, bo);
-        }
-    }
+    pa_pool_close(&z->pools[0]);
+    pa_pool_close(&z->pools[1]);
     close(z->fd); /* the driver releases any BO still open on this fd */
     free(z);
     be->priv = NULL;
