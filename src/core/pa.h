@@ -1,6 +1,9 @@
 /* pynq_alloc core: the table of contents of the C core (no Python here).
  * A backend hands out physically contiguous, device-visible blocks; the
- * generic layer (pa.c) adds locking, accounting and spec parsing. */
+ * generic layer (pa.c) adds locking, accounting and spec parsing. Helpers the
+ * backends share: tlsf.h (O(1) offset allocator), pool.h (small blocks carved
+ * from pooled device buffers), cache.h (cache-line maintenance), pagemap.h
+ * (physical addresses). */
 #ifndef PA_H
 #define PA_H
 
