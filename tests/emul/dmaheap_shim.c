@@ -44,6 +44,8 @@
 #if __has_include(<linux/dma-heap.h>) && __has_include(<linux/dma-buf.h>)
 #include <linux/dma-buf.h>
 #include <linux/dma-heap.h>
+
+#include "emul_log.h"
 #define SHIM_KERNEL_HEADERS 1
 #endif
 #endif
@@ -131,33 +133,12 @@ __attribute__((constructor)) static void shim_init(void)
     shim_resolve();
 }
 
-static void shim_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
-/* appends one line; called with shim_lock held */
 static void shim_log(const char *fmt, ...)
 {
-    const char *path = getenv("DMAHEAP_SHIM_LOG");
-    char line[1024];
-    if (path == NULL || path[0] == '\0') {
-        return;
-    }
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    emul_vlog(getenv("DMAHEAP_SHIM_LOG"), real_open, real_close, fmt, ap);
     va_end(ap);
-    if (n < 0) {
-        return;
-    }
-    if ((size_t)n > sizeof(line) - 2) {
-        n = (int)sizeof(line) - 2;
-    }
-    line[n++] = '\n';
-    int fd = real_open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-        ssize_t w = write(fd, line, (size_t)n);
-        (void)w;
-        real_close(fd);
-    }
 }
 
 /* the heap name when path is $PYNQ_ALLOC_SYSROOT/dev/dma_heap/NAME */

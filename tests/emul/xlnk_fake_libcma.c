@@ -25,6 +25,8 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "emul_log.h"
+
 #define FAKE_PAGE 4096u
 #define EXPORT __attribute__((visibility("default")))
 
@@ -44,29 +46,10 @@ static int fake_xlnk_fd = -1;
 
 static void fake_log(const char *fmt, ...)
 {
-    const char *path = getenv("FAKE_LIBCMA_LOG");
-    if (path == NULL || path[0] == '\0') {
-        return;
-    }
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    emul_vlog(getenv("FAKE_LIBCMA_LOG"), open, close, fmt, ap);
     va_end(ap);
-    if (n < 0) {
-        return;
-    }
-    if ((size_t)n > sizeof(line) - 2) {
-        n = (int)sizeof(line) - 2;
-    }
-    line[n++] = '\n';
-    /* open per line: no descriptor outlives the call */
-    int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-        ssize_t w = write(fd, line, (size_t)n);
-        (void)w;
-        close(fd);
-    }
 }
 
 static unsigned long long fake_env(const char *name, unsigned long long dflt)

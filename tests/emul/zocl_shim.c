@@ -35,6 +35,8 @@
 #include <sys/types.h>
 #include <unistd.h>
 
+#include "emul_log.h"
+
 #define EXPORT __attribute__((visibility("default")))
 #define SHIM_MAXFD 4096
 
@@ -175,27 +177,10 @@ __attribute__((constructor)) static void shim_ctor(void)
 
 static void shim_log(const char *fmt, ...)
 {
-    if (shim_logpath[0] == '\0') {
-        return;
-    }
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+    emul_vlog(shim_logpath, real_open, real_close, fmt, ap);
     va_end(ap);
-    if (n < 0) {
-        return;
-    }
-    if ((size_t)n > sizeof(line) - 2) {
-        n = (int)sizeof(line) - 2;
-    }
-    line[n++] = '\n';
-    int fd = real_open(shim_logpath, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd >= 0) {
-        ssize_t w = write(fd, line, (size_t)n);
-        (void)w;
-        real_close(fd);
-    }
 }
 
 static int shim_is_node(const char *path)
