@@ -486,7 +486,7 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     pa_zocl *z = be->priv;
     pa_zocl_bo *bo = NULL;
     pa_tlsf_block *tb = NULL;
-    size_t off = 0, got = size;
+    size_t off = 0, got = size, dirty;
     bool cacheable = (flags & PA_CACHED) ? true : (flags & PA_UNCACHED) ? false : z->cacheable;
     bool cma_short = false;
     int rc;
@@ -556,7 +556,7 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
 
 pooled:
     /* only ranges handed out before need zeroing, and cleaning when cached */
-    size_t dirty = pa_pool_zero_reused(&bo->pc, off, got);
+    dirty = pa_pool_zero_reused(&bo->pc, off, got);
     if (dirty > 0 && cacheable) {
         rc = pa_zocl_sync_range(z, bo, off, dirty, PA_ZOCL_SYNC_TO_DEVICE, err);
         if (rc < 0) {
