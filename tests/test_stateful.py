@@ -545,7 +545,12 @@ class BufferMachine(RuleBasedStateMachine):
     def take_holder(self, data, how):
         """Objects NumPy makes that point into the memory without being a Buffer
         or a plain ndarray: they must be counted by freebuffer() all the same."""
-        hid, h = self.pick(data, lambda h: h.kind in ("root", "view", "plain"))
+        def usable(h):
+            if h.kind not in ("root", "view", "plain"):
+                return False
+            return how != "scalar" or bool(h.obj.dtype.names and h.obj.size)
+
+        hid, h = self.pick(data, usable)
         if h is None:
             return
         arr = h.obj
@@ -558,8 +563,6 @@ class BufferMachine(RuleBasedStateMachine):
             assert data_ptr(it.base) == data_ptr(arr) and it.base.shape == arr.shape
             self.add_handle("flat", it, h.aid, h.shadow)
         else:
-            if not arr.dtype.names or arr.size == 0:
-                return
             idx = tuple(data.draw(st.integers(0, n - 1), label="index") for n in arr.shape)
             res = arr[idx]
             assert isinstance(res, np.void), type(res)
