@@ -155,6 +155,23 @@ def test_objects_numpy_makes_from_the_buffer_are_counted(sim, make):
     assert used(sim) == 0
 
 
+def test_documented_workaround_for_what_c_code_builds(sim):
+    # np.ma and np.nditer take the buffer object itself from C, which cannot be
+    # counted (README, "Lifetime"); made from np.asarray(buf) they are counted.
+    buf = sim.allocate(8, "u4")
+    masked = np.ma.masked_array(np.asarray(buf))
+    it = np.nditer(np.asarray(buf), op_flags=["readwrite"])
+    masked[0] = 5
+    for x in it:
+        x[...] += 1
+    assert buf.tolist() == [6] + [1] * 7
+    with pytest.raises(BufferError, match="2 plain ndarray view"):
+        buf.freebuffer()
+    del masked, it, x
+    buf.freebuffer()
+    assert used(sim) == 0
+
+
 @pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")  # np.matrix
 def test_matrix_of_the_buffer_is_counted(sim):
     buf = sim.allocate((2, 2), "f4")
