@@ -485,10 +485,22 @@ static void test_blocks(void)
           "free pages %ld before open, %ld after freeing, %zu bytes mapped", sys0, sys1,
           memfd_mapped());
 
-    /* reused ranges are zeroed again */
-    int zero = 1;
+    /* reused ranges are zeroed again. Only the blocks that fit in one huge
+     * page: they land in the region kept from above, over what they wrote;
+     * larger ones would get fresh pages (zeroed by the kernel, so they test
+     * nothing here) and need runs of contiguous pages, which a fragmented
+     * pool may no longer have once a smaller run was carved from a longer one. */
+    int zero = 1, got[N];
     for (int i = 0; i < N; i++) {
+        got[i] = 0;
+        if (sizes[i] > 2 * MiB) {
+            continue;
+        }
         rc = pa_alloc(be, sizes[i], 0, 0, &b[i], &err);
+        got[i] = rc == 0;
+        if (rc != 0) {
+            printf("#    reuse alloc of %zu bytes failed: %s\n", sizes[i], err.msg);
+        }
         if (rc != 0 || !all_zero(b[i].cpu, b[i].size)) {
             zero = 0;
         }
@@ -498,7 +510,9 @@ static void test_blocks(void)
     }
     check(zero, "blocks reusing written memory are zeroed", "rc %d or nonzero", rc);
     for (int i = 0; i < N; i++) {
-        pa_free(be, &b[i]);
+        if (got[i]) { /* a failed allocation has no block to free */
+            pa_free(be, &b[i]);
+        }
     }
 
     /* alignment up to the huge page size, in CPU and device space */
