@@ -161,10 +161,10 @@ def test_documented_workaround_for_what_c_code_builds(sim):
     buf = sim.allocate(8, "u4")
     masked = np.ma.masked_array(np.asarray(buf))
     it = np.nditer(np.asarray(buf), op_flags=["readwrite"])
-    masked[0] = 5
     for x in it:
-        x[...] += 1
-    assert buf.tolist() == [6] + [1] * 7
+        x[...] = 1
+    masked[0] = 5
+    assert buf.tolist() == [5] + [1] * 7
     with pytest.raises(BufferError, match="2 plain ndarray view"):
         buf.freebuffer()
     del masked, it, x
