@@ -13,7 +13,6 @@ import errno
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import pytest
 
 import pynq_alloc
+from emul_build import build_shared
 
 HERE = Path(__file__).resolve().parent
 SHIM_SOURCE = HERE / "emul" / "dmaheap_shim.c"
@@ -48,13 +48,8 @@ def free_huge_pages():
 
 @pytest.fixture(scope="session")
 def shim(tmp_path_factory):
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) to build the DMA-BUF heap emulation")
     out = tmp_path_factory.mktemp("dmaheap_shim") / "dmaheap_shim.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wall", "-o", str(out),
-                    str(SHIM_SOURCE), "-ldl", "-lpthread"], check=True)
-    return str(out)
+    return build_shared(out, SHIM_SOURCE, "-ldl", "-lpthread", what="the DMA-BUF heap emulation")
 
 
 def skip_or_fail(why):

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 
 import pynq_alloc
+from emul_build import build_shared
 from pynq_alloc import _pynq_alloc
 
 HERE = Path(__file__).resolve().parent
@@ -117,13 +118,8 @@ def be(fake):
 
 @pytest.fixture(scope="session")
 def shim(tmp_path_factory):
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) to build the u-dma-buf ioctl shim")
     out = tmp_path_factory.mktemp("udmabuf_shim") / "udmabuf_ioctl_shim.so"
-    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wall", "-Werror", "-o", str(out),
-                    str(SHIM_SOURCE), "-ldl"], check=True)
-    return str(out)
+    return build_shared(out, SHIM_SOURCE, "-Werror", "-ldl", what="the u-dma-buf ioctl shim")
 
 
 def clean_env(**extra):

@@ -7,16 +7,15 @@ import errno
 import json
 import os
 import platform
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import pynq_alloc
+from emul_build import build_shared
 
 HERE = Path(__file__).resolve().parent
 SOURCE = HERE / "emul" / "xlnk_fake_libcma.c"
@@ -30,18 +29,11 @@ PKG_ROOT = str(Path(pynq_alloc.__file__).resolve().parent.parent)
 @pytest.fixture(scope="session")
 def fake(tmp_path_factory):
     """Paths of the fake library and of variants that lack some symbols."""
-    cc = shutil.which(os.environ.get("CC", "cc")) or shutil.which("gcc") or shutil.which("clang")
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) to build the fake libcma")
     out = tmp_path_factory.mktemp("fake_libcma")
-    libs = {}
-    for name, flags in [("full", []), ("no_phys", ["-DFAKE_NO_PHYS"]),
-                        ("no_pages", ["-DFAKE_NO_PAGES"]), ("no_sync", ["-DFAKE_NO_SYNC"])]:
-        path = out / f"libcma_{name}.so"
-        subprocess.run([cc, "-shared", "-fPIC", "-O1", "-Wall", "-o", str(path), str(SOURCE),
-                        "-lpthread", *flags], check=True)
-        libs[name] = str(path)
-    return libs
+    return {name: build_shared(out / f"libcma_{name}.so", SOURCE, "-lpthread", *flags,
+                               what="the fake libcma")
+            for name, flags in [("full", []), ("no_phys", ["-DFAKE_NO_PHYS"]),
+                                ("no_pages", ["-DFAKE_NO_PAGES"]), ("no_sync", ["-DFAKE_NO_SYNC"])]}
 
 
 class Log:

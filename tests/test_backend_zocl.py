@@ -9,7 +9,6 @@ memory the way the device would (by physical address). The backend does not know
 import errno
 import json
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,6 +16,7 @@ import textwrap
 import pytest
 
 import pynq_alloc
+from emul_build import build_shared
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SHIM_SRC = os.path.join(HERE, "emul", "zocl_shim.c")
@@ -56,15 +56,8 @@ def expected(lo, hi):
 
 @pytest.fixture(scope="session")
 def shim(tmp_path_factory):
-    cc = next((c for c in (os.environ.get("CC"), "cc", "gcc", "clang") if c and shutil.which(c)),
-              None)
-    if cc is None:
-        pytest.skip("no C compiler (cc, gcc or clang) to build the zocl emulation")
     out = tmp_path_factory.mktemp("zocl_shim") / "zocl_shim.so"
-    r = subprocess.run([cc, "-shared", "-fPIC", "-O2", "-Wall", "-o", str(out), SHIM_SRC, "-ldl"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return str(out)
+    return build_shared(out, SHIM_SRC, "-O2", "-ldl", what="the zocl emulation")
 
 
 class Board:
