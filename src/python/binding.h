@@ -78,7 +78,18 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
  * preset to defaults (NULL = missing); the first name is required */
 int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                    const char *const *names, int npos, int nall, PyObject **out);
+/* allocation.c: lifetime and counting */
 /* release the core block (idempotent); closes the core backend if it was the last */
 void pa_py_allocation_release(AllocationObject *a);
+/* count buf as a view of a (takes a reference to a) */
+void pa_py_link(BufferObject *buf, AllocationObject *a);
+/* the live allocation arr's data pointer lies in, following parent's bases; or NULL */
+AllocationObject *pa_py_shared_allocation(PyArrayObject *arr, PyObject *parent);
+/* Buffer.freebuffer(): refuses (BufferError) while anything still uses the memory */
+PyObject *pa_py_freebuffer(PyObject *self, PyObject *unused);
+/* the live allocation when self is its root Buffer, else NULL */
+AllocationObject *pa_py_root_of(PyObject *self);
+/* a result NumPy made from the root that holds the root: re-point it at the anchor */
+PyObject *pa_py_rehome(PyObject *self, PyObject *res);
 
 #endif

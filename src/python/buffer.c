@@ -1,50 +1,12 @@
-/* Buffer: an ndarray subtype over device memory, and Allocation, the object
- * that owns one core block. Lifetime: root Buffer -> anchor ndarray ->
- * Allocation; views keep the root alive, plain ndarray views of the root keep
- * the anchor alive, so the block is freed when the last of them is gone. */
+/* Buffer: an ndarray subtype over device memory. Its lifetime machinery
+ * (counting views, freebuffer(), objects that hold the root) is in
+ * allocation.c; allocate() is in allocate.c. */
 #include "binding.h"
 
 #include <numpy/arrayscalars.h>
 
 #include <stdio.h>
 #include <string.h>
-
-/* what an emptied (freed) array points at: never dereferenced, size 0 */
-static _Alignas(64) char pa_empty_data[64];
-
-/* ---------------------------------------------------------------- Allocation */
-
-void pa_py_allocation_release(AllocationObject *a)
-{
-    BackendObject *b = a->backend;
-    if (b == NULL) {
-        return;
-    }
-    a->backend = NULL;
-    if (b->be != NULL) {
-        pa_free(b->be, &a->block);
-        if (b->closing && b->be->buffers == 0) {
-            pa_backend *be = b->be;
-            b->be = NULL;
-            pa_close(be);
-        }
-    }
-    Py_DECREF(b);
-}
-
-static void allocation_dealloc(PyObject *self)
-{
-    pa_py_allocation_release((AllocationObject *)self);
-    Py_TYPE(self)->tp_free(self);
-}
-
-PyTypeObject PaAllocation_Type = {
-    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pynq_alloc._Allocation",
-    .tp_basicsize = sizeof(AllocationObject),
-    .tp_dealloc = allocation_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = PyDoc_STR("Owns one block of device memory (internal)."),
-};
 
 /* ------------------------------------------------------------------- helpers */
 
@@ -68,301 +30,6 @@ static void pa_extent(PyArrayObject *arr, char **lo, char **hi)
     }
     *lo = l;
     *hi = h + PyArray_ITEMSIZE(arr);
-}
-
-/* the allocation an array's memory comes from, following bases */
-static AllocationObject *pa_find_allocation(PyObject *obj)
-{
-    while (obj != NULL) {
-        if (PaBuffer_Check(obj)) {
-            return ((BufferObject *)obj)->alloc;
-        }
-        if (Py_IS_TYPE(obj, &PaAllocation_Type)) {
-            return (AllocationObject *)obj;
-        }
-        if (!PyArray_Check(obj)) {
-            return NULL;
-        }
-        obj = PyArray_BASE((PyArrayObject *)obj);
-    }
-    return NULL;
-}
-
-/* Empties an array in place: size 0, read-only, pointing at no device memory. */
-static int pa_neuter(PyArrayObject *arr)
-{
-    PyArrayObject_fields *fa = (PyArrayObject_fields *)arr;
-    if (fa->nd == 0) {
-        npy_intp *dims = PyDimMem_NEW(2);
-        if (dims == NULL) {
-            PyErr_NoMemory();
-            return -1;
-        }
-        fa->dimensions = dims;
-        fa->strides = dims + 1;
-    }
-    fa->nd = 1;
-    fa->dimensions[0] = 0;
-    fa->strides[0] = PyArray_ITEMSIZE(arr);
-    fa->data = pa_empty_data;
-    PyArray_CLEARFLAGS(arr, NPY_ARRAY_WRITEABLE);
-    PyArray_UpdateFlags(arr, NPY_ARRAY_UPDATE_ALL);
-    return 0;
-}
-
-static void pa_link(BufferObject *buf, AllocationObject *a)
-{
-    Py_INCREF(a);
-    buf->alloc = a;
-    a->views++;
-}
-
-/* ----------------------------------------------------------------- allocate */
-
-static int pa_parse_align(PyObject *align, size_t *out)
-{
-    if (align == NULL || align == Py_None) {
-        *out = 4096;
-        return 0;
-    }
-    if (PyBool_Check(align) || !PyIndex_Check(align)) {
-        PyErr_Format(PyExc_TypeError, "align must be an int (a power of two), not %.100s",
-                     Py_TYPE(align)->tp_name);
-        return -1;
-    }
-    Py_ssize_t v = PyNumber_AsSsize_t(align, NULL);
-    if (v == -1 && PyErr_Occurred()) {
-        return -1;
-    }
-    /* beyond 1 GiB nothing real needs it, and it would only waste the pool */
-    if (v <= 0 || (v & (v - 1)) != 0 || v > ((Py_ssize_t)1 << 30)) {
-        PyErr_Format(PyExc_ValueError,
-                     "align must be a power of two between 1 and 2**30 bytes, got %zd", v);
-        return -1;
-    }
-    *out = (size_t)v;
-    return 0;
-}
-
-static int pa_parse_cacheable(PyObject *cacheable, unsigned *flags)
-{
-    *flags = 0;
-    if (cacheable == NULL || cacheable == Py_None) {
-        return 0;
-    }
-    int t = PyObject_IsTrue(cacheable);
-    if (t < 0) {
-        return -1;
-    }
-    *flags = t ? PA_CACHED : PA_UNCACHED;
-    return 0;
-}
-
-/* numpy.ndarray(shape, 'U') gives U1, 'S' S1; follow it */
-static PyArray_Descr *pa_sized_descr(PyArray_Descr *d)
-{
-    if (PyDataType_ELSIZE(d) != 0 || (d->type_num != NPY_STRING && d->type_num != NPY_UNICODE)) {
-        return d;
-    }
-    PyArray_Descr *n = PyArray_DescrNewFromType(d->type_num);
-    Py_DECREF(d);
-    if (n != NULL) {
-        PyDataType_SET_ELSIZE(n, n->type_num == NPY_UNICODE ? 4 : 1);
-    }
-    return n;
-}
-
-/* dtype conversion cache: the same dtype objects ('u4', np.uint32) come back
- * on every call, so remember what a few of them converted to, by identity */
-#define PA_DTYPE_CACHE 8
-static struct {
-    PyObject *key;
-    PyArray_Descr *descr;
-} pa_dtype_cache[PA_DTYPE_CACHE];
-static unsigned pa_dtype_next;
-
-static PyArray_Descr *pa_convert_dtype(PyObject *dtype)
-{
-    PyArray_Descr *descr = NULL;
-    if (dtype == NULL) {
-        return PyArray_DescrFromType(NPY_UINT32); /* PYNQ's default */
-    }
-    if (PyArray_DescrCheck(dtype)) {
-        Py_INCREF(dtype);
-        return (PyArray_Descr *)dtype;
-    }
-    for (unsigned i = 0; i < PA_DTYPE_CACHE; i++) {
-        if (pa_dtype_cache[i].key == dtype) {
-            Py_INCREF(pa_dtype_cache[i].descr);
-            return pa_dtype_cache[i].descr;
-        }
-    }
-    if (!PyArray_DescrConverter(dtype, &descr)) {
-        return NULL;
-    }
-    /* only immutable keys: a str or a type always converts the same way */
-    if (PyUnicode_CheckExact(dtype) || PyType_Check(dtype)) {
-        unsigned i = pa_dtype_next++ % PA_DTYPE_CACHE;
-        Py_INCREF(dtype);
-        Py_INCREF(descr);
-        Py_XSETREF(pa_dtype_cache[i].key, dtype);
-        Py_XSETREF(pa_dtype_cache[i].descr, descr);
-    }
-    return descr;
-}
-
-#define PA_MAXDIMS 64 /* NumPy 2's limit; NumPy 1.x's (32) is lower */
-/* Tuples of up to this many ints are converted here; longer ones go to NumPy's
- * converter, which enforces the limit of the NumPy that runs (the headers'
- * NPY_MAXDIMS is NumPy 2's 64 even when NumPy 1.x runs, whose limit is 32). */
-#define PA_FAST_DIMS 32
-
-/* shape: ints and tuples of ints directly, anything else (and anything odd,
- * e.g. out of range) through NumPy's converter so errors are NumPy's */
-static int pa_convert_shape(PyObject *shape, npy_intp *dims, int *nd)
-{
-    if (PyLong_CheckExact(shape)) {
-        dims[0] = PyLong_AsSsize_t(shape);
-        if (dims[0] != -1 || !PyErr_Occurred()) {
-            *nd = 1;
-            return 0;
-        }
-        PyErr_Clear();
-    } else if (PyTuple_CheckExact(shape) && PyTuple_GET_SIZE(shape) <= PA_FAST_DIMS) {
-        Py_ssize_t n = PyTuple_GET_SIZE(shape), i = 0;
-        for (; i < n && PyLong_CheckExact(PyTuple_GET_ITEM(shape, i)); i++) {
-            dims[i] = PyLong_AsSsize_t(PyTuple_GET_ITEM(shape, i));
-            if (dims[i] == -1 && PyErr_Occurred()) {
-                PyErr_Clear();
-                break;
-            }
-        }
-        if (i == n) {
-            *nd = (int)n;
-            return 0;
-        }
-    }
-    PyArray_Dims d = {NULL, 0};
-    if (!PyArray_IntpConverter(shape, &d)) {
-        return -1;
-    }
-    if (d.len > PA_MAXDIMS) { /* the converter enforces NPY_MAXDIMS; keep our array safe anyway */
-        PyDimMem_FREE(d.ptr);
-        PyErr_Format(PyExc_ValueError, "maximum supported dimension for an ndarray is %d",
-                     PA_MAXDIMS);
-        return -1;
-    }
-    if (d.len > 0) {
-        memcpy(dims, d.ptr, (size_t)d.len * sizeof(npy_intp));
-    }
-    *nd = d.len;
-    PyDimMem_FREE(d.ptr);
-    return 0;
-}
-
-PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
-                         PyObject *align)
-{
-    npy_intp dimv[PA_MAXDIMS];
-    PyArray_Dims dims = {dimv, 0};
-    PyArray_Descr *descr = NULL;
-    AllocationObject *a = NULL;
-    PyObject *anchor = NULL, *root = NULL;
-    size_t alignment, nbytes;
-    unsigned flags;
-    pa_err err;
-
-    if (b->be == NULL || b->closing) {
-        PyErr_Format(PyExc_ValueError, "backend %U is closed", b->spec);
-        return NULL;
-    }
-    if (pa_convert_shape(shape, dimv, &dims.len) < 0) {
-        return NULL;
-    }
-    descr = pa_convert_dtype(dtype);
-    if (descr == NULL) {
-        goto fail;
-    }
-    descr = pa_sized_descr(descr);
-    if (descr == NULL) {
-        goto fail;
-    }
-    if (PyDataType_REFCHK(descr)) {
-        PyErr_Format(PyExc_TypeError,
-                     "dtype %R holds Python objects; device memory can only hold plain data",
-                     (PyObject *)descr);
-        goto fail;
-    }
-    if (pa_parse_align(align, &alignment) < 0 || pa_parse_cacheable(cacheable, &flags) < 0) {
-        goto fail;
-    }
-    nbytes = (size_t)PyDataType_ELSIZE(descr);
-    for (int i = 0; i < dims.len; i++) {
-        if (dims.ptr[i] < 0) {
-            PyErr_SetString(PyExc_ValueError, "negative dimensions are not allowed");
-            goto fail;
-        }
-        if (__builtin_mul_overflow(nbytes, (size_t)dims.ptr[i], &nbytes) ||
-            nbytes > (size_t)NPY_MAX_INTP) {
-            PyErr_SetString(PyExc_ValueError,
-                            "array is too big; `arr.size * arr.dtype.itemsize` is larger than "
-                            "the maximum possible size");
-            goto fail;
-        }
-    }
-    a = PyObject_New(AllocationObject, &PaAllocation_Type);
-    if (a == NULL) {
-        goto fail;
-    }
-    a->backend = NULL;
-    a->views = a->exports = a->busy = 0;
-    a->anchor = a->root = NULL;
-    memset(&a->block, 0, sizeof(a->block));
-
-    int rc = pa_alloc(b->be, nbytes, alignment, flags, &a->block, &err);
-    if (rc < 0) {
-        pa_py_raise(rc, &err);
-        goto fail;
-    }
-    Py_INCREF(b);
-    a->backend = b;
-
-    Py_INCREF(descr);
-    anchor = PyArray_NewFromDescr(&PyArray_Type, descr, dims.len, dims.ptr, NULL, a->block.cpu,
-                                  NPY_ARRAY_CARRAY, NULL);
-    if (anchor == NULL) {
-        goto fail;
-    }
-    if (PyArray_SetBaseObject((PyArrayObject *)anchor, (PyObject *)a) < 0) {
-        goto fail; /* the reference to a was stolen even on failure */
-    }
-    root = PyArray_NewFromDescr(&PaBuffer_Type, descr, dims.len, dims.ptr, NULL, a->block.cpu,
-                                NPY_ARRAY_CARRAY, NULL);
-    descr = NULL;
-    if (root == NULL) {
-        goto fail_anchor;
-    }
-    if (PyArray_SetBaseObject((PyArrayObject *)root, anchor) < 0) {
-        anchor = NULL;
-        goto fail_anchor;
-    }
-    a->anchor = anchor;
-    a->root = root;
-    pa_link((BufferObject *)root, a);
-    return root;
-
-fail_anchor:
-    Py_XDECREF(root);
-    Py_XDECREF(anchor);
-    return NULL;
-fail:
-    if (anchor != NULL) {
-        Py_DECREF(anchor);
-    } else {
-        Py_XDECREF(a);
-    }
-    Py_XDECREF(descr);
-    return NULL;
 }
 
 /* ------------------------------------------------------------------- Buffer */
@@ -500,47 +167,6 @@ static PyObject *buffer_invalidate(PyObject *self, PyObject *unused)
     return buffer_sync(self, PA_FROM_DEVICE, "invalidate()");
 }
 
-static PyObject *buffer_freebuffer(PyObject *self, PyObject *unused)
-{
-    (void)unused;
-    BufferObject *buf = (BufferObject *)self;
-    AllocationObject *a = buf->alloc;
-    if (a == NULL) {
-        Py_RETURN_NONE; /* already freed, or never device memory: nothing to release */
-    }
-    if (a->root != self) {
-        PyErr_SetString(PyExc_BufferError,
-                        "freebuffer() must be called on the Buffer that allocate() returned, not "
-                        "on a view of it; a view's memory is released when the buffer and its "
-                        "last view are deleted");
-        return NULL;
-    }
-    Py_ssize_t views = a->views - 1;
-    Py_ssize_t plain = Py_REFCNT(a->anchor) - 1; /* np.asarray(buf) & co. refer to the anchor */
-    if (views > 0 || plain > 0 || a->exports > 0 || a->busy > 0) {
-        PyErr_Format(PyExc_BufferError,
-                     "cannot free this buffer: %zd view(s), %zd plain ndarray view(s) and %zd "
-                     "buffer export(s) (memoryview) still use its memory%s; delete or release "
-                     "them first%s",
-                     views, plain, a->exports, a->busy > 0 ? ", and a sync is running" : "",
-                     plain > 0 ? " (plain views include np.asarray(buf), views as other ndarray "
-                                 "subclasses such as np.recarray, flat iterators and structured "
-                                 "scalars)"
-                               : "");
-        return NULL;
-    }
-    if (pa_neuter((PyArrayObject *)self) < 0 || pa_neuter((PyArrayObject *)a->anchor) < 0) {
-        return NULL;
-    }
-    buf->freed = 1;
-    buf->alloc = NULL;
-    a->views--;
-    a->root = NULL;
-    pa_py_allocation_release(a);
-    Py_DECREF(a);
-    Py_RETURN_NONE;
-}
-
 static PyObject *buffer_enter(PyObject *self, PyObject *unused)
 {
     (void)unused;
@@ -552,36 +178,18 @@ static PyObject *buffer_exit(PyObject *self, PyObject *const *args, Py_ssize_t n
 {
     (void)args;
     (void)nargs;
-    return buffer_freebuffer(self, NULL);
+    return pa_py_freebuffer(self, NULL);
 }
 
-/* The allocation whose memory an array's data pointer lies in, following its
- * bases; NULL for arrays with memory of their own (copies, computed results).
- * Only the data pointer can be checked: NumPy finalizes some views (transpose)
- * before it sets their final strides. An empty view may sit at the end. */
-static AllocationObject *pa_shared_allocation(PyArrayObject *arr, PyObject *parent)
-{
-    AllocationObject *a = pa_find_allocation(parent);
-    if (a == NULL || a->backend == NULL) {
-        return NULL;
-    }
-    char *data = PyArray_BYTES(arr), *start = a->block.cpu;
-    return data >= start && data <= start + a->block.size ? a : NULL;
-}
-
-/* Links a new Buffer to the allocation of the array it came from when it
- * shares that memory (copies get no address). NumPy calls this for every view,
- * so it is stored as a PyCapsule, which NumPy (1.x and 2.x) calls as a C
- * function instead of a Python-level method call. */
 static int buffer_finalize(PyArrayObject *self, PyObject *obj)
 {
     BufferObject *buf = (BufferObject *)self;
     if (buf->alloc != NULL || obj == NULL || obj == Py_None) {
         return 0;
     }
-    AllocationObject *a = pa_shared_allocation(self, obj);
+    AllocationObject *a = pa_py_shared_allocation(self, obj);
     if (a != NULL) {
-        pa_link(buf, a);
+        pa_py_link(buf, a);
     }
     return 0;
 }
@@ -595,50 +203,6 @@ static PyObject *buffer_link_method(PyObject *self, PyObject *obj)
     Py_RETURN_NONE;
 }
 
-/* -------------------------------------------- objects that hold the root
- * The root Buffer's reference count includes every name that refers to it
- * (Jupyter's Out[] history among them), so objects that hold the root itself
- * cannot be counted by freebuffer(). NumPy makes such objects for views as
- * other ndarray subclasses, structured scalars and flat iterators; where they
- * are made through Buffer's own methods they are re-pointed at the anchor,
- * whose reference count freebuffer() does count. */
-
-/* the live allocation when self is its root, else NULL */
-static AllocationObject *pa_root_of(PyObject *self)
-{
-    AllocationObject *a = ((BufferObject *)self)->alloc;
-    return a != NULL && a->root == self && a->anchor != NULL ? a : NULL;
-}
-
-/* *slot held the root: make it hold the anchor instead (one owner swapped for
- * another; the object's data pointer is unchanged) */
-static void pa_hold_anchor(PyObject **slot, PyObject *root, AllocationObject *a)
-{
-    if (*slot == root) {
-        Py_INCREF(a->anchor);
-        *slot = a->anchor;
-        Py_DECREF(root);
-    }
-}
-
-/* a result NumPy made from the root: re-point it at the anchor if it holds
- * the root and is not itself a counted (linked) Buffer view */
-static PyObject *pa_rehome(PyObject *self, PyObject *res)
-{
-    AllocationObject *a;
-    if (res == NULL || (a = pa_root_of(self)) == NULL) {
-        return res;
-    }
-    if (PyArray_Check(res)) {
-        if (!(PaBuffer_Check(res) && ((BufferObject *)res)->alloc != NULL)) {
-            pa_hold_anchor(&((PyArrayObject_fields *)res)->base, self, a);
-        }
-    } else if (PyArray_IsScalar(res, Void)) {
-        pa_hold_anchor(&((PyVoidScalarObject *)res)->base, self, a);
-    }
-    return res;
-}
-
 static binaryfunc pa_ndarray_subscript;
 static ssizeargfunc pa_ndarray_item;
 static PyObject *pa_ndarray_view;     /* ndarray.view */
@@ -649,7 +213,7 @@ static PyObject *buffer_subscript(PyObject *self, PyObject *key)
 {
     PyObject *res = pa_ndarray_subscript(self, key);
     if (PyArray_DESCR((PyArrayObject *)self)->type_num == NPY_VOID) {
-        res = pa_rehome(self, res);
+        res = pa_py_rehome(self, res);
     }
     return res;
 }
@@ -659,7 +223,7 @@ static PyObject *buffer_item(PyObject *self, Py_ssize_t i)
 {
     PyObject *res = pa_ndarray_item(self, i);
     if (PyArray_DESCR((PyArrayObject *)self)->type_num == NPY_VOID) {
-        res = pa_rehome(self, res);
+        res = pa_py_rehome(self, res);
     }
     return res;
 }
@@ -683,13 +247,13 @@ static PyObject *buffer_view(PyObject *self, PyObject *const *args, size_t nargs
     if (stack != small) {
         PyMem_Free(stack);
     }
-    return pa_rehome(self, res);
+    return pa_py_rehome(self, res);
 }
 
 static PyObject *buffer_flat_get(PyObject *self, void *closure)
 {
     (void)closure;
-    if (pa_root_of(self) == NULL) {
+    if (pa_py_root_of(self) == NULL) {
         return PyArray_IterNew(self);
     }
     /* the iterator walks a plain view of the root, which holds the anchor */
@@ -735,7 +299,7 @@ static PyObject *buffer_array_wrap(PyObject *self, PyObject *args, PyObject *kwd
     }
     /* NumPy hands some views (squeeze) over as plain ndarrays: over device
      * memory they stay Buffers, anything else becomes a plain ndarray */
-    PyTypeObject *to = pa_shared_allocation((PyArrayObject *)arr, arr) != NULL ? &PaBuffer_Type
+    PyTypeObject *to = pa_py_shared_allocation((PyArrayObject *)arr, arr) != NULL ? &PaBuffer_Type
                                                                                : &PyArray_Type;
     if (Py_IS_TYPE(arr, to)) {
         Py_INCREF(arr);
@@ -874,8 +438,8 @@ static PyMethodDef buffer_methods[] = {
     {"sync_to_device", buffer_flush, METH_NOARGS, sync_to_device_doc},
     {"invalidate", buffer_invalidate, METH_NOARGS, invalidate_doc},
     {"sync_from_device", buffer_invalidate, METH_NOARGS, sync_from_device_doc},
-    {"freebuffer", buffer_freebuffer, METH_NOARGS, freebuffer_doc},
-    {"close", buffer_freebuffer, METH_NOARGS, close_doc},
+    {"freebuffer", pa_py_freebuffer, METH_NOARGS, freebuffer_doc},
+    {"close", pa_py_freebuffer, METH_NOARGS, close_doc},
     {"__enter__", buffer_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))buffer_exit, METH_FASTCALL, NULL},
     {"_array_finalize", buffer_link_method, METH_O,

@@ -1,0 +1,198 @@
+/* Allocation: the object that owns one core block, and the lifetime rules
+ * around it. Root Buffer -> anchor ndarray -> Allocation; views keep the root
+ * alive, plain ndarray views of the root keep the anchor alive, so the block
+ * is freed when the last of them is gone. freebuffer() counts all of them. */
+#include "binding.h"
+
+#include <numpy/arrayscalars.h>
+
+#include <string.h>
+
+/* what an emptied (freed) array points at: never dereferenced, size 0 */
+static _Alignas(64) char pa_empty_data[64];
+
+/* ---------------------------------------------------------------- Allocation */
+
+void pa_py_allocation_release(AllocationObject *a)
+{
+    BackendObject *b = a->backend;
+    if (b == NULL) {
+        return;
+    }
+    a->backend = NULL;
+    if (b->be != NULL) {
+        pa_free(b->be, &a->block);
+        if (b->closing && b->be->buffers == 0) {
+            pa_backend *be = b->be;
+            b->be = NULL;
+            pa_close(be);
+        }
+    }
+    Py_DECREF(b);
+}
+
+static void allocation_dealloc(PyObject *self)
+{
+    pa_py_allocation_release((AllocationObject *)self);
+    Py_TYPE(self)->tp_free(self);
+}
+
+PyTypeObject PaAllocation_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pynq_alloc._Allocation",
+    .tp_basicsize = sizeof(AllocationObject),
+    .tp_dealloc = allocation_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = PyDoc_STR("Owns one block of device memory (internal)."),
+};
+
+/* the allocation an array's memory comes from, following bases */
+static AllocationObject *pa_find_allocation(PyObject *obj)
+{
+    while (obj != NULL) {
+        if (PaBuffer_Check(obj)) {
+            return ((BufferObject *)obj)->alloc;
+        }
+        if (Py_IS_TYPE(obj, &PaAllocation_Type)) {
+            return (AllocationObject *)obj;
+        }
+        if (!PyArray_Check(obj)) {
+            return NULL;
+        }
+        obj = PyArray_BASE((PyArrayObject *)obj);
+    }
+    return NULL;
+}
+
+/* Empties an array in place: size 0, read-only, pointing at no device memory. */
+static int pa_neuter(PyArrayObject *arr)
+{
+    PyArrayObject_fields *fa = (PyArrayObject_fields *)arr;
+    if (fa->nd == 0) {
+        npy_intp *dims = PyDimMem_NEW(2);
+        if (dims == NULL) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        fa->dimensions = dims;
+        fa->strides = dims + 1;
+    }
+    fa->nd = 1;
+    fa->dimensions[0] = 0;
+    fa->strides[0] = PyArray_ITEMSIZE(arr);
+    fa->data = pa_empty_data;
+    PyArray_CLEARFLAGS(arr, NPY_ARRAY_WRITEABLE);
+    PyArray_UpdateFlags(arr, NPY_ARRAY_UPDATE_ALL);
+    return 0;
+}
+
+void pa_py_link(BufferObject *buf, AllocationObject *a)
+{
+    Py_INCREF(a);
+    buf->alloc = a;
+    a->views++;
+}
+
+/* The allocation whose memory an array's data pointer lies in, following its
+ * bases; NULL for arrays with memory of their own (copies, computed results).
+ * Only the data pointer can be checked: NumPy finalizes some views (transpose)
+ * before it sets their final strides. An empty view may sit at the end. */
+AllocationObject *pa_py_shared_allocation(PyArrayObject *arr, PyObject *parent)
+{
+    AllocationObject *a = pa_find_allocation(parent);
+    if (a == NULL || a->backend == NULL) {
+        return NULL;
+    }
+    char *data = PyArray_BYTES(arr), *start = a->block.cpu;
+    return data >= start && data <= start + a->block.size ? a : NULL;
+}
+
+/* Links a new Buffer to the allocation of the array it came from when it
+ * shares that memory (copies get no address). NumPy calls this for every view,
+ * so it is stored as a PyCapsule, which NumPy (1.x and 2.x) calls as a C
+ * function instead of a Python-level method call. */
+/* ------------------------------------------------------------- freebuffer */
+
+PyObject *pa_py_freebuffer(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    BufferObject *buf = (BufferObject *)self;
+    AllocationObject *a = buf->alloc;
+    if (a == NULL) {
+        Py_RETURN_NONE; /* already freed, or never device memory: nothing to release */
+    }
+    if (a->root != self) {
+        PyErr_SetString(PyExc_BufferError,
+                        "freebuffer() must be called on the Buffer that allocate() returned, not "
+                        "on a view of it; a view's memory is released when the buffer and its "
+                        "last view are deleted");
+        return NULL;
+    }
+    Py_ssize_t views = a->views - 1;
+    Py_ssize_t plain = Py_REFCNT(a->anchor) - 1; /* np.asarray(buf) & co. refer to the anchor */
+    if (views > 0 || plain > 0 || a->exports > 0 || a->busy > 0) {
+        PyErr_Format(PyExc_BufferError,
+                     "cannot free this buffer: %zd view(s), %zd plain ndarray view(s) and %zd "
+                     "buffer export(s) (memoryview) still use its memory%s; delete or release "
+                     "them first%s",
+                     views, plain, a->exports, a->busy > 0 ? ", and a sync is running" : "",
+                     plain > 0 ? " (plain views include np.asarray(buf), views as other ndarray "
+                                 "subclasses such as np.recarray, flat iterators and structured "
+                                 "scalars)"
+                               : "");
+        return NULL;
+    }
+    if (pa_neuter((PyArrayObject *)self) < 0 || pa_neuter((PyArrayObject *)a->anchor) < 0) {
+        return NULL;
+    }
+    buf->freed = 1;
+    buf->alloc = NULL;
+    a->views--;
+    a->root = NULL;
+    pa_py_allocation_release(a);
+    Py_DECREF(a);
+    Py_RETURN_NONE;
+}
+
+/* -------------------------------------------- objects that hold the root
+ * The root Buffer's reference count includes every name that refers to it
+ * (Jupyter's Out[] history among them), so objects that hold the root itself
+ * cannot be counted by freebuffer(). NumPy makes such objects for views as
+ * other ndarray subclasses, structured scalars and flat iterators; where they
+ * are made through Buffer's own methods they are re-pointed at the anchor,
+ * whose reference count freebuffer() does count. */
+
+/* the live allocation when self is its root, else NULL */
+AllocationObject *pa_py_root_of(PyObject *self)
+{
+    AllocationObject *a = ((BufferObject *)self)->alloc;
+    return a != NULL && a->root == self && a->anchor != NULL ? a : NULL;
+}
+
+/* *slot held the root: make it hold the anchor instead (one owner swapped for
+ * another; the object's data pointer is unchanged) */
+static void pa_hold_anchor(PyObject **slot, PyObject *root, AllocationObject *a)
+{
+    if (*slot == root) {
+        Py_INCREF(a->anchor);
+        *slot = a->anchor;
+        Py_DECREF(root);
+    }
+}
+
+/* a result NumPy made from the root: re-point it at the anchor if it holds
+ * the root and is not itself a counted (linked) Buffer view */
+PyObject *pa_py_rehome(PyObject *self, PyObject *res)
+{
+    AllocationObject *a;
+    if (res == NULL || (a = pa_py_root_of(self)) == NULL) {
+        return res;
+    }
+    if (PyArray_Check(res)) {
+        if (!(PaBuffer_Check(res) && ((BufferObject *)res)->alloc != NULL)) {
+            pa_hold_anchor(&((PyArrayObject_fields *)res)->base, self, a);
+        }
+    } else if (PyArray_IsScalar(res, Void)) {
+        pa_hold_anchor(&((PyVoidScalarObject *)res)->base, self, a);
+    }
+    return res;
+}
