@@ -105,7 +105,7 @@ def _require_sim(backend: Any) -> Any:
 class SimMemory(Region):
     """A cocotbext-axi ``Region`` over a ``sim`` backend's device memory.
 
-    Region offset ``o`` is device address ``base + o``. By default ``base`` is 0 and the
+    Region offset ``o`` is device address ``base + o`` (kept in :attr:`device_base`). By default ``base`` is 0 and the
     region spans the whole 64-bit space, so offsets are device addresses; give
     ``base``/``size`` (e.g. the backend's ``base_address`` and ``size``) for a window
     to register in an ``AddressSpace``. Accesses go through the backend's
@@ -119,6 +119,9 @@ class SimMemory(Region):
         if size is None:
             size = 2**64 - base
         super().__init__(size, base=base, **kwargs)
+        # AddressSpace.register_region() rebinds .base to where the region sits in
+        # that space; offsets map to device addresses through this, whatever happens
+        self.device_base = base
         self.stats = AccessStats()
         # bound methods: the per-beat path is one C call
         self._dev_read = self.backend.device_read
@@ -150,10 +153,10 @@ class SimMemory(Region):
 
     # --- cocotbext-axi MemoryInterface (region offsets) ---
     async def _read(self, address: int, length: int, **kwargs: Any) -> bytes:
-        return self.device_read(self.base + address, length)
+        return self.device_read(self.device_base + address, length)
 
     async def _write(self, address: int, data: Any, **kwargs: Any) -> None:
-        self.device_write(self.base + address, bytes(data))
+        self.device_write(self.device_base + address, bytes(data))
 
     # --- inspection without side effects ---
     def peek(self, address: int, length: int) -> Optional[bytes]:
