@@ -11,6 +11,9 @@ Options (command line, or the ini keys of the same name with ``_`` for ``-``):
     (repeatable) a backend option for ``open_backend(SPEC, KEY=VALUE)``, e.g.
     ``check=raise``; needs ``--pynq-alloc-backend``.
 
+A backend that cannot be opened (unknown spec, bad option, nothing usable here)
+is one ``pytest.UsageError`` when the session starts.
+
 Fixtures:
 
 ``pynq_alloc_backend``
@@ -21,8 +24,10 @@ Fixtures:
 
 Every test that uses either fixture is checked for leaks: a buffer of the
 session's backend still alive when the test and its function-scoped fixtures
-are done makes the test error at teardown, naming each leaked buffer's shape,
-dtype and the file:line of the ``dma_buffer(...)`` call. Mark a test
+are done makes the test error at teardown with a short report naming each
+leaked buffer's shape, dtype, device address and the file:line of the
+``dma_buffer(...)`` call (buffers allocated otherwise are counted). Leaks are
+attributed to the test that made them, whatever earlier tests did. Mark a test
 ``@pytest.mark.pynq_alloc_no_leak_check`` to leave it unchecked.
 
 Marker ``@pytest.mark.require_hardware``: skip the test when the session's
