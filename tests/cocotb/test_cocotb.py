@@ -1,5 +1,6 @@
 """Co-simulation: our AXI4 copy engine (hdl/axi_copy.v) under Icarus reads and writes
-pynq_alloc buffers through pynq_alloc.cocotb, at 32-, 64- and 512-bit data widths.
+pynq_alloc buffers through pynq_alloc.cocotb, at 32-, 64- and 512-bit data widths; our
+AXI-Lite master (hdl/axil_sum.v) does the same through AxiLiteRam.
 
 Each width is built and simulated once (all cocotb tests of copy_tests.py in one
 simulator run); each pytest test here reports one cocotb test's outcome.
@@ -50,3 +51,18 @@ def test_copy_engine(name, width, cosim_dir):
 def test_every_cocotb_test_is_reported(cosim_dir):
     """A cocotb test added to copy_tests.py without a line here would go unchecked."""
     assert set(results_for(64, cosim_dir)) == set(COCOTB_TESTS)
+
+
+LITE_TESTS = ("lite_round_trip", "lite_missing_flush", "lite_slverr")
+_lite = {}
+
+
+@pytest.mark.parametrize("name", LITE_TESTS)
+def test_axi_lite_master(name, cosim_dir):
+    if not _lite:
+        build_dir = cosim_dir / "axil_sum"
+        runner = simrun.build("axil_sum", simrun.HDL / "axil_sum.v", build_dir, {})
+        _lite.update(simrun.run(runner, "axil_sum", "axil_tests", build_dir))
+    assert set(_lite) == set(LITE_TESTS)
+    outcome, message = _lite[name]
+    assert outcome == "passed", f"cocotb test {name} {outcome}:\n{message}"
