@@ -141,3 +141,44 @@ def test_import_without_the_extra_says_what_to_install(tmp_path):
                          cwd=str(simrun.HERE.parent.parent), timeout=120)
     assert "ImportError: pynq_alloc.cocotb needs cocotb >= 2.0 and cocotbext-axi" in out.stdout
     assert "pip install 'pynq_alloc[cocotb]'" in out.stdout, out.stdout + out.stderr
+
+
+class _FakeSim:
+    """A sim-like backend whose device side is a bytearray: a line the 'CPU' has not
+    flushed makes a checked read raise, as check='raise' does."""
+
+    name = "sim"
+
+    def __init__(self, with_check_kw):
+        self.mem = bytearray(range(64)) * 2
+        self.stale = range(64, 128)
+        self.with_check_kw = with_check_kw
+        self.calls = []
+
+    def device_read(self, addr, n, *args, **kwargs):
+        if kwargs and not self.with_check_kw:
+            raise TypeError("Backend.device_read() takes no keyword arguments")
+        check = kwargs.get("check", True)
+        self.calls.append(check)
+        if check and any(a in self.stale for a in range(addr, addr + n)):
+            raise pynq_alloc.CoherencyError("the device read bytes the CPU changed")
+        return bytes(self.mem[addr:addr + n])
+
+    def device_write(self, addr, data):
+        self.mem[addr:addr + len(data)] = data
+
+
+@pytest.mark.parametrize("with_check_kw", [True, False])
+def test_peek_uses_check_false_when_the_binding_has_it(pac, monkeypatch, with_check_kw):
+    monkeypatch.setattr(pac, "_peek_has_check_kw", None)
+    fake = _FakeSim(with_check_kw)
+    mem = pac.SimMemory(fake)
+    lines = mem.hexdump_lines(48, 32)
+    assert lines[0].startswith("00000030: 30 31 32")
+    if with_check_kw:  # one unchecked read shows the stale line's device bytes
+        assert lines[1].startswith("00000040: 00 01 02 03")
+        assert fake.calls == [False]
+    else:  # checked reads; the refused line is marked, the rest shown
+        assert lines[1].startswith("00000040: (not flushed")
+        assert fake.calls == [True, True, True]
+    assert mem.stats.reads == 0  # peeks are not device accesses
