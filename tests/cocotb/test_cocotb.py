@@ -86,7 +86,7 @@ _verilator = {}
 
 @pytest.mark.parametrize("name", COCOTB_TESTS)
 def test_copy_engine_verilator(name, verilator, cosim_dir):
-    """The same cocotb tests on Verilator, at 64 bits (one C++ build: ~30 s)."""
+    """The same cocotb tests on Verilator, at 64 bits (one C++ build at -O0: ~15 s)."""
     if not _verilator:
         build_dir = cosim_dir / "axi_copy_64_verilator"
         with simrun.verilator_environment(*verilator):
