@@ -11,6 +11,9 @@ Options (command line, or the ini keys of the same name with ``_`` for ``-``):
     (repeatable) a backend option for ``open_backend(SPEC, KEY=VALUE)``, e.g.
     ``check=raise``; needs ``--pynq-alloc-backend``.
 
+A backend that cannot be opened (unknown spec, bad option, nothing usable here)
+is one ``pytest.UsageError`` when the session starts.
+
 Fixtures:
 
 ``pynq_alloc_backend``
@@ -21,8 +24,10 @@ Fixtures:
 
 Every test that uses either fixture is checked for leaks: a buffer of the
 session's backend still alive when the test and its function-scoped fixtures
-are done makes the test error at teardown, naming each leaked buffer's shape,
-dtype and the file:line of the ``dma_buffer(...)`` call. Mark a test
+are done makes the test error at teardown with a short report naming each
+leaked buffer's shape, dtype, device address and the file:line of the
+``dma_buffer(...)`` call (buffers allocated otherwise are counted). Leaks are
+attributed to the test that made them, whatever earlier tests did. Mark a test
 ``@pytest.mark.pynq_alloc_no_leak_check`` to leave it unchecked.
 
 Marker ``@pytest.mark.require_hardware``: skip the test when the session's
@@ -113,14 +118,12 @@ class _Session:
             raise pytest.UsageError("--pynq-alloc-option needs --pynq-alloc-backend=SPEC")
         self.backend: Optional[pynq_alloc.Backend] = None
         self.owned = False  # we opened it (and made it the default): undo at the end
-        self.error: Optional[BaseException] = None
+        # dma_buffer() records still alive after their test (leaked, or held by a
+        # failed test's traceback): when one dies during a later test, that test's
+        # own count is corrected for it
+        self.survivors: List[_Record] = []
 
     def get(self) -> pynq_alloc.Backend:
-        if self.error is not None:
-            raise RuntimeError(
-                f"pynq_alloc: --pynq-alloc-backend={self.spec!r} could not be opened: "
-                f"{type(self.error).__name__}: {self.error}"
-            ) from self.error
         if self.backend is None:
             if self.spec is None:
                 self.backend = pynq_alloc.default_backend()
@@ -185,13 +188,18 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     # An explicit backend is opened now, so that it is the default backend for
-    # the whole session; if it can't be opened, the tests that need it error.
+    # the whole session; one that cannot be opened (unknown spec, bad option,
+    # nothing usable here) stops the session once, before any test runs.
     state = session.config.stash[_session_key]
     if state.spec is not None:
         try:
             state.get()
         except Exception as exc:
-            state.error = exc
+            opts = "".join(f" --pynq-alloc-option={k}={v}" for k, v in state.options.items())
+            raise pytest.UsageError(
+                f"pynq_alloc: --pynq-alloc-backend={state.spec}{opts} could not be opened: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -225,6 +233,9 @@ def pytest_runtest_makereport(
     outcome = yield
     report = outcome.get_result()
     item.stash.setdefault(_reports_key, {})[report.when] = report
+    if call.excinfo is not None and call.excinfo.errisinstance(BufferLeakError):
+        # the leak check's own frames (the fixture's source) say nothing about the leak
+        report.longrepr = f"BufferLeakError: {call.excinfo.value}"
 
 
 @pytest.fixture(scope="session")
@@ -270,6 +281,11 @@ def _pynq_alloc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
 
     Autouse fixtures are set up first and torn down last, so this sees the
     buffers after the test and all its function-scoped fixtures are gone.
+    Leaks are attributed to the test that made them whatever earlier tests did:
+    buffers from ``dma_buffer()`` are compared as a set (each one is known);
+    buffers allocated otherwise are counted, with earlier tests' garbage
+    collected first and earlier ``dma_buffer()`` buffers that die meanwhile
+    taken out of the count.
     """
     if (
         "pynq_alloc_backend" not in request.fixturenames
@@ -278,15 +294,33 @@ def _pynq_alloc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     backend: pynq_alloc.Backend = request.getfixturevalue("pynq_alloc_backend")
+    state = request.config.stash[_session_key]
+    # An earlier failed test's buffers live on in its traceback, which pytest
+    # keeps in sys.last_* until this test's call starts and then drops: they
+    # would die in the middle of this test and hide a leak of its own. Drop
+    # them now (as pytest is about to), and collect the frames' cycles.
+    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
+        if hasattr(sys, name):
+            delattr(sys, name)
+    gc.collect()
+    earlier = [r for r in state.survivors if r.alive()]
     before = backend.info()["buffers"]
     yield
+    records = request.node.stash.get(_records_key, [])
     reports = request.node.stash.get(_reports_key, {})
     if any(r.failed for r in reports.values()):
-        return  # the failure's traceback keeps its frames, and their buffers, alive
-    records = request.node.stash.get(_records_key, [])
-    leaked = [r for r in records if r.alive()]
-    after = backend.info()["buffers"]
-    if leaked or after > before:
+        # the failure's traceback keeps its frames, and their buffers, alive
+        state.survivors = earlier + [r for r in records if r.alive()]
+        return
+
+    def measure() -> Tuple[List[_Record], int]:
+        leaked = [r for r in records if r.alive()]
+        died = sum(1 for r in earlier if not r.alive())
+        other = backend.info()["buffers"] - (before - died) - len(leaked)
+        return leaked, other
+
+    leaked, other = measure()
+    if leaked or other > 0:
         # Only the test item's own references are left to drop: every other
         # function-scoped fixture is finalized by now (this one is torn down
         # last), but pytest clears item.funcargs only after teardown. Then
@@ -295,17 +329,17 @@ def _pynq_alloc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         if isinstance(funcargs, dict):
             funcargs.clear()
         gc.collect()
-        leaked = [r for r in records if r.alive()]
-        after = backend.info()["buffers"]
-    if not leaked and after <= before:
+        leaked, other = measure()
+    state.survivors = [r for r in earlier if r.alive()] + leaked
+    if not leaked and other <= 0:
         return
     rootdir = str(request.config.rootpath)
+    after = backend.info()["buffers"]
     lines = [
         f"pynq_alloc leak check: {request.node.nodeid} left buffers alive on backend "
         f"{backend.spec!r} (live buffers {before} before the test, {after} after):"
     ]
     lines += [f"  {r.describe(rootdir)}" for r in leaked]
-    other = after - before - len(leaked)
     if other > 0:
         lines.append(
             f"  {other} buffer(s) allocated from the backend without dma_buffer() "

@@ -3,6 +3,9 @@
 The plugin is loaded with -p so these pass whether or not the pytest11 entry
 point is installed.
 """
+import os
+from pathlib import Path
+
 import pytest
 
 import pynq_alloc
@@ -252,7 +255,20 @@ def test_bad_option_is_a_usage_error(pytester, run):
     result.stderr.fnmatch_lines(["*--pynq-alloc-option needs --pynq-alloc-backend=SPEC*"])
 
 
-def test_unknown_backend_errors_the_tests_that_need_it(pytester, run):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--pynq-alloc-backend=no-such-backend"],
+         "*--pynq-alloc-backend=no-such-backend could not be opened: ValueError: "
+         "unknown backend 'no-such-backend'*"),
+        (["--pynq-alloc-backend=sim", "--pynq-alloc-option=check=bogus"],
+         "*--pynq-alloc-backend=sim --pynq-alloc-option=check=bogus could not be opened: "
+         "ValueError: sim option check='bogus'*"),
+        (["--pynq-alloc-backend=sim", "--pynq-alloc-option=frobnicate=1"],
+         "*ValueError: the sim backend has no option 'frobnicate'*"),
+    ],
+)
+def test_bad_backend_or_option_is_one_usage_error_at_start(pytester, run, args, message):
     pytester.makepyfile(
         """
         def test_needs(dma_buffer):
@@ -262,9 +278,83 @@ def test_unknown_backend_errors_the_tests_that_need_it(pytester, run):
             pass
         """
     )
-    result = run("--pynq-alloc-backend=no-such-backend")
-    result.assert_outcomes(passed=1, errors=1)
-    result.stdout.fnmatch_lines(
-        ["*pynq_alloc: --pynq-alloc-backend='no-such-backend' could not be opened: "
-         "ValueError: unknown backend 'no-such-backend'*"]
+    result = run(*args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([message])
+    err = result.stderr.str()
+    assert err.count("could not be opened") == 1
+    assert "test_needs" not in result.stdout.str() + err  # nothing ran, nothing collected
+
+
+def test_leak_after_a_failing_test_is_reported(pytester, monkeypatch):
+    """The failed test's buffers die while the next test runs; that must not hide its leak.
+
+    In a subprocess: an in-process pytester run records every hook call, and so
+    keeps the failed test's traceback (and its buffers) alive to the end.
+    """
+    monkeypatch.setenv("PYNQ_ALLOC_BACKEND", "sim")
+    monkeypatch.delenv("PYNQ_ALLOC_SIM_CHECK", raising=False)
+    root = str(Path(pynq_alloc.__file__).resolve().parent.parent)
+    monkeypatch.setenv("PYTHONPATH", root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    pytester.makepyfile(
+        test_after_failure="""
+        import pynq_alloc
+
+        KEEP = []
+
+        def test_fails_holding_buffers(dma_buffer):
+            mine = dma_buffer(64)
+            plain = pynq_alloc.allocate(32)
+            assert False, "the real failure"
+
+        def test_leaks_without_dma_buffer(pynq_alloc_backend):
+            KEEP.append(pynq_alloc.allocate((2, 2), "u1"))
+
+        def test_leaks_with_dma_buffer(dma_buffer):
+            KEEP.append(dma_buffer(3, "u2"))
+
+        def test_clean_after_the_leaks(dma_buffer):
+            dma_buffer(5)
+        """
     )
+    result = pytester.runpytest_subprocess(*PLUGIN, *QUIET, "-v")
+    result.assert_outcomes(failed=1, passed=3, errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaks_without_dma_buffer*",
+            "*1 buffer(s) allocated from the backend without dma_buffer()*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*ERROR at teardown of test_leaks_with_dma_buffer*",
+            "*shape (3,) dtype uint16 (6 bytes at device address 0x*), allocated at "
+            "test_after_failure.py:14 in test_leaks_with_dma_buffer()",
+        ]
+    )
+    out = result.stdout.str()
+    assert "test_clean_after_the_leaks PASSED" in out
+    assert "shape (64,)" not in out and "shape (5,)" not in out
+
+
+def test_leak_report_is_short(pytester, run):
+    """Only what leaked and where: no fixture source, no plugin frames."""
+    pytester.makepyfile(
+        test_short="""
+        KEEP = []
+
+        def test_leaks(dma_buffer):
+            KEEP.append(dma_buffer((4, 4), "f8"))
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1, errors=1)
+    out = result.stdout.str()
+    section = out[out.index("ERROR at teardown of test_leaks"):out.index("short test summary")]
+    body = [line for line in section.splitlines()[1:] if line.strip() and "====" not in line]
+    assert body[0].startswith("BufferLeakError: pynq_alloc leak check: test_short.py::test_leaks")
+    assert "shape (4, 4) dtype float64 (128 bytes at device address 0x" in body[1]
+    assert body[1].rstrip().endswith("allocated at test_short.py:4 in test_leaks()")
+    assert body[2].startswith("Drop every reference")
+    assert len(body) == 3, section
+    assert "def _pynq_alloc_leak_check" not in out and "pytest_plugin.py" not in out
