@@ -147,7 +147,7 @@ class AxiDmaModel(RegisterModel):
         self.tx_packet = bytearray()
         self.descriptors_done = []  # (channel, descriptor address, status word)
 
-    def description(self, bus, data_width=32, sg_length_width=None):
+    def description(self, bus, data_width=32, sg_length_width=None, interrupts=False):
         """The ip_dict entry PYNQ builds from a .hwh for this IP."""
         params = {
             "c_include_sg": "1" if self.sg else "0",
@@ -166,7 +166,9 @@ class AxiDmaModel(RegisterModel):
             "phys_addr": self.lo_address,
             "addr_range": self.hi_address - self.lo_address,
             "parameters": params,
-            "interrupts": {},
+            "interrupts": ({"mm2s_introut": {"fullpath": "axi_dma/mm2s_introut"},
+                            "s2mm_introut": {"fullpath": "axi_dma/s2mm_introut"}}
+                           if interrupts else {}),
             "gpio": {},
             "type": "xilinx.com:ip:axi_dma:7.1",
         }

@@ -8,6 +8,7 @@ packing and video DMA frame cache run against our register models
 and CoherencyWarning is an error here) and buffers come from the DEFAULT
 allocation, as a PYNQ user's ``pynq.allocate(shape, dtype)`` would make them.
 """
+import asyncio
 import struct
 import warnings
 
@@ -61,10 +62,11 @@ def xor5a(data):
     return (np.frombuffer(data, np.uint8) ^ 0x5A).tobytes()
 
 
-def make_dma(pq, backend, sg, sg_length_width=None):
+def make_dma(pq, backend, sg, sg_length_width=None, interrupts=False):
     model = AxiDmaModel(backend, DMA_BASE, sg=sg, transform=xor5a)
     bus = ModelBus(backend, [model])
-    dma = pq.dma.DMA(model.description(bus, sg_length_width=sg_length_width))
+    dma = pq.dma.DMA(model.description(bus, sg_length_width=sg_length_width,
+                                       interrupts=interrupts))
     return model, bus, dma
 
 
@@ -152,6 +154,44 @@ def test_axidma_receive_into_views(pq, be):
     assert dma.recvchannel.transferred == 2048
 
 
+@pytest.mark.parametrize("sg", [False, True], ids=["simple", "sg"])
+def test_axidma_wait_async(pq, be, sg):
+    """The interrupt-driven path: PYNQ's wait_async() clears the IOC bit, then
+    invalidates and reads the length as wait() does."""
+    model, bus, dma = make_dma(pq, be, sg, interrupts=True)
+    assert dma.sendchannel._interrupt is not None
+    inp = pynq_alloc.allocate(512, "u4")
+    out = pynq_alloc.allocate(512, "u4")
+    inp[:] = np.arange(512, dtype=np.uint32) + 1000
+    dma.recvchannel.transfer(out)
+    dma.sendchannel.transfer(inp)
+
+    async def both():
+        await dma.sendchannel.wait_async()
+        await dma.recvchannel.wait_async()
+
+    asyncio.run(both())
+    assert np.array_equal(out, inp ^ np.uint32(0x5A5A5A5A))
+    assert dma.recvchannel.transferred == dma.sendchannel.transferred == 2048
+    assert not model.ch[model.MM2S].ioc and not model.ch[model.S2MM].ioc  # cleared (W1C)
+
+
+@pytest.mark.parametrize("sg", [False, True], ids=["simple", "sg"])
+def test_axidma_start_and_nbytes(pq, be, sg):
+    """transfer(array, start, nbytes): PYNQ adds start to physical_address."""
+    model, bus, dma = make_dma(pq, be, sg)
+    inp = pynq_alloc.allocate(4096, "u1")
+    out = pynq_alloc.allocate(4096, "u1")
+    inp[:] = np.arange(4096) % 253
+    dma.recvchannel.transfer(out, start=256, nbytes=1024)
+    dma.sendchannel.transfer(inp, start=2048, nbytes=1024)
+    dma.sendchannel.wait()
+    dma.recvchannel.wait()
+    assert np.array_equal(out[256:1280], (np.arange(2048, 3072) % 253) ^ 0x5A)
+    assert not out[:256].any() and not out[1280:].any()
+    assert dma.recvchannel.transferred == 1024
+
+
 def test_axidma_cacheable_receive_needs_flush_checker_says_so(pq, be):
     """The contrast: with cacheable=True (our documented opt-in), PYNQ's receive
     path (no flush before the transfer) over a dirtied buffer is exactly the
@@ -168,7 +208,8 @@ def test_axidma_cacheable_receive_needs_flush_checker_says_so(pq, be):
     assert f"{out.device_address:#x}" in str(err.value).lower()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 (10a): sim checker does not yet report flush() "
+@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
+                   reason="issue 10 (10a): sim checker does not yet report flush() "
                    "over lines the device wrote since the CPU last invalidated them")
 def test_axidma_sg_on_cacheable_memory_checker_reports_flush_for_invalidate(pq, be_cached):
     """PYNQ's SG wait() reads descriptor status after flush() where invalidate()
@@ -265,7 +306,8 @@ def frame_bytes(k, mode):
     return ((np.arange(h * w, dtype=np.uint32) * 7 + k * 31) % 256).astype(np.uint8).tobytes()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 (10a): allocate() does not yet pass unknown "
+@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError),
+                   reason="issue 10 (10a): allocate() does not yet pass unknown "
                    "keywords (cache=, pointer=) to a foreign target; pynq_alloc.wrap() missing")
 def test_vdma_readframe_foreign_target_and_recycling(pq, be):
     model, memory, vdma = make_vdma(pq, be)
@@ -306,7 +348,8 @@ def test_vdma_readframe_foreign_target_and_recycling(pq, be):
         ch.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="issue 10 (10a): allocate() does not yet pass unknown "
+@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError),
+                   reason="issue 10 (10a): allocate() does not yet pass unknown "
                    "keywords (cache=, pointer=) to a foreign target; pynq_alloc.wrap() missing")
 def test_vdma_writeframe(pq, be):
     model, memory, vdma = make_vdma(pq, be)
