@@ -208,6 +208,30 @@ def test_axidma_cacheable_receive_needs_flush_checker_says_so(pq, be):
     assert f"{out.device_address:#x}" in str(err.value).lower()
 
 
+def test_axidma_sg_on_cacheable_memory_unchecked_reads_stale_status(pq):
+    """Why PYNQ's default matters: on cacheable memory (opt-in here), PYNQ's SG
+    wait() reads the descriptors' status words after flush() instead of
+    invalidate(), i.e. from the CPU's stale copy: the data arrives but
+    `transferred` stays 0. (Unchecked backend: this is what a board does.)"""
+    backend = pynq_alloc.open_backend("sim", size=8 << 20, cacheable=True)
+    try:
+        model, bus, dma = make_dma(pq, backend, sg=True)
+        inp = pynq_alloc.allocate(1024, "u4", target=backend)
+        out = pynq_alloc.allocate(1024, "u4", target=backend)
+        assert not inp.coherent and not out.coherent
+        inp[:] = np.arange(1024, dtype=np.uint32)
+        inp.flush()
+        out.flush()
+        run_loopback(dma, inp, out)
+        assert np.array_equal(out, inp ^ np.uint32(0x5A5A5A5A))  # wait() invalidated out
+        assert len(model.descriptors_done) == 4  # the device did complete them...
+        assert dma.sendchannel.transferred == 0  # ...but the CPU read stale status
+        assert dma.recvchannel.transferred == 0
+        del inp, out
+    finally:
+        backend.close()
+
+
 @pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
                    reason="issue 10 (10a): sim checker does not yet report flush() "
                    "over lines the device wrote since the CPU last invalidated them")
