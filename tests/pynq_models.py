@@ -355,9 +355,19 @@ class HlsVaddModel(RegisterModel):
         self.runs = []
 
     def description(self, bus):
+        """The ip_dict entry, with the "registers" PYNQ reads from a .hwh."""
+        bit = lambda off, access: {"bit_offset": off, "bit_width": 1, "access": access,  # noqa
+                                   "description": ""}
+        registers = {k: {"address_offset": v["address_offset"], "size": v["size"],
+                         "access": "read-write", "description": k}
+                     for k, v in self.REGMAP.items()}
+        registers["CTRL"]["fields"] = {"AP_START": bit(0, "read-write"),
+                                       "AP_DONE": bit(1, "read-only"),
+                                       "AP_IDLE": bit(2, "read-only")}
         return {"device": bus, "phys_addr": self.lo_address,
                 "addr_range": self.hi_address - self.lo_address, "interrupts": {},
-                "gpio": {}, "type": "xilinx.com:hls:vadd:1.0"}
+                "gpio": {}, "type": "xilinx.com:hls:vadd:1.0",
+                "registers": registers, "fullpath": "vadd_0"}
 
     def read_register(self, offset):
         if offset == 0x00:

@@ -299,6 +299,28 @@ def test_hls_argument_packing_buffers_and_views(pq, be):
     assert model.regs[0x14] == va.device_address >> 32
 
 
+def test_hls_register_map_pointers(pq, be):
+    """The notebook way: PYNQ's RegisterMap (from the .hwh's registers) takes the
+    64-bit device_address of a buffer or a view; AP_START runs the kernel."""
+    model, ip = hls_ip(pq, be)
+    a = pynq_alloc.allocate(128, "i4")
+    b = pynq_alloc.allocate(128, "i4")
+    out = pynq_alloc.allocate(128, "i4")
+    a[:] = np.arange(128)
+    b[:] = -2 * np.arange(128)
+    rm = ip.register_map
+    rm.a = a[32:].device_address
+    rm.b = b[:96].device_address
+    rm.out = out[32:].device_address
+    rm.n = 96
+    rm.CTRL.AP_START = 1
+    assert rm.CTRL.AP_DONE == 1 and rm.CTRL.AP_IDLE == 1
+    assert model.runs == [(a.device_address + 128, b.device_address,
+                           out.device_address + 128, 96)]
+    assert np.array_equal(out[32:], np.arange(32, 128) - 2 * np.arange(96))
+    assert not out[:32].any()
+
+
 def test_hls_argument_packing_cacheable_with_sync(pq, be):
     """The same IP on cacheable buffers, with the maintenance PYNQ users write."""
     model, ip = hls_ip(pq, be)
