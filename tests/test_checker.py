@@ -61,7 +61,7 @@ def test_device_write_over_unflushed_lines(checked):
 
 def test_warn_mode_warns_and_carries_on():
     be = pynq_alloc.open_backend("sim", size=1 << 20, check="warn")
-    buf = be.allocate(16, "u4")
+    buf = be.allocate(16, "u4", cacheable=True)
     buf[:] = 3
     with pytest.warns(CoherencyWarning, match="never flushed"):
         data = be.device_read(buf.device_address, 64)
@@ -89,7 +89,9 @@ def test_env_sets_check_for_the_default_backend():
         "except pynq_alloc.CoherencyError as e:\n"
         "    print('raised')\n"
     )
-    env = dict(os.environ, PYNQ_ALLOC_BACKEND="sim", PYNQ_ALLOC_SIM_CHECK="raise")
+    # PYNQ_ALLOC_CACHEABLE=1: the default backend's buffers are cacheable, so checked
+    env = dict(os.environ, PYNQ_ALLOC_BACKEND="sim", PYNQ_ALLOC_SIM_CHECK="raise",
+               PYNQ_ALLOC_CACHEABLE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["raise", "raised"]

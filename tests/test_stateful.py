@@ -352,10 +352,12 @@ class BufferMachine(RuleBasedStateMachine):
         self.be = pynq_alloc.open_backend(self.SPEC, **options)
         info = self.be.info()
         assert info["used"] == 0 and info["buffers"] == 0
-        self.be_coherent = info["coherent"]
+        self.be_coherent = info["coherent"]  # what cacheable=None gives
+        assert info["cacheable"] is bool(options.get("cacheable", False))
+        self.port_coherent = bool(options.get("coherent", False))
         self.check = options.get("check", "off") == "raise"
         self.careful = (KNOWN_BUG_CHECK_OFF_DATA and self.DEVICE_MODEL and not self.check
-                        and not self.be_coherent)
+                        and not self.port_coherent)
         self.allocate(shape, dtype, align, cacheable, "backend", "tuple")  # start with one
 
     def teardown(self):
@@ -398,7 +400,11 @@ class BufferMachine(RuleBasedStateMachine):
 
     def expected_coherent(self, cacheable):
         if self.SPEC == "sim":
-            return self.be_coherent or cacheable is False
+            # PYNQ's rule: coherent unless cacheable (per buffer or backend); a
+            # coherent port makes cacheable buffers coherent too
+            if cacheable is None:
+                return self.be_coherent
+            return self.port_coherent or cacheable is False
         return self.be_coherent or (cacheable is False and X86)
 
     # ----------------------------------------------------------------- rules
@@ -966,20 +972,23 @@ class BufferMachine(RuleBasedStateMachine):
 
 
 class SimMachine(BufferMachine):
-    """sim, non-coherent, checking off."""
+    """sim, non-coherent port, checking off; cacheable by default (the cache
+    semantics under test) or PYNQ's default (non-cacheable unless asked)."""
 
-    VARIANTS = [dict(size=SIM_SIZE)]
+    VARIANTS = [dict(size=SIM_SIZE, cacheable=True), dict(size=SIM_SIZE)]
 
 
 class SimCoherentMachine(BufferMachine):
-    VARIANTS = [dict(size=SIM_SIZE, coherent=True)]
+    VARIANTS = [dict(size=SIM_SIZE, coherent=True), dict(size=SIM_SIZE, coherent=True,
+                                                         cacheable=True)]
 
 
 class SimCheckedMachine(BufferMachine):
     """sim with check='raise': every coherency mistake the model predicts must raise
     CoherencyError (after carrying the operation out), and nothing else may."""
 
-    VARIANTS = [dict(size=SIM_SIZE, check="raise")]
+    VARIANTS = [dict(size=SIM_SIZE, check="raise", cacheable=True),
+                dict(size=SIM_SIZE, check="raise")]
 
 
 class HugepageMachine(BufferMachine):

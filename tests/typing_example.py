@@ -74,7 +74,7 @@ def members(backend: Backend) -> None:
 def checker() -> None:
     backend = open_backend("sim", size=1 << 20, coherent=False, check="raise")
     with backend:
-        buf = allocate(16, "u1", backend)
+        buf = allocate(16, "u1", backend, cacheable=True)
         buf[:] = 1
         try:
             backend.device_read(buf.device_address or 0, 16)  # no flush() first

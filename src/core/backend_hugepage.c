@@ -642,7 +642,10 @@ static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, 
         goto destroy_region;
     }
     be->priv = h;
+    /* hugetlb pages map cached only: cacheable=None gives them, coherent on
+     * x86 (snooped), non-coherent elsewhere */
     be->coherent = coherent;
+    be->cached_coherent = coherent;
     return 0;
 
 destroy_region:

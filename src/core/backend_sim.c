@@ -173,7 +173,10 @@ static int pa_sim_open(pa_backend *be, const char *arg, const pa_option *opts, s
         return pa_seterr(err, ENOMEM, "out of memory for the sim backend's allocator");
     }
     be->priv = s;
-    be->coherent = coherent;
+    /* PYNQ's default: coherent unless allocated cacheable; coherent= is the
+     * port (a coherent port makes cacheable blocks coherent too) */
+    be->coherent = true;
+    be->cached_coherent = coherent;
     return 0;
 
 fail_map:
@@ -220,7 +223,7 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                          "backend with a larger size= option",
                          size, align, st.free, st.largest_free, st.total);
     }
-    bool coherent = be->coherent || (flags & PA_UNCACHED) != 0;
+    bool coherent = (flags & PA_CACHED) == 0 || be->cached_coherent;
     pa_sim_zero(s->cpu, off, got);
     pa_sim_zero(s->dev, off, got);
     memset(s->lines + off / PA_LINE, SIM_ALLOC | (coherent ? SIM_COHERENT : 0), got / PA_LINE);
@@ -478,6 +481,9 @@ static void pa_sim_info(pa_backend *be, pa_info *info)
     info->free = st.free;
     info->largest_free = st.largest_free;
     info->line_size = PA_LINE;
+    info->lowest = s->base;
+    info->highest = s->base + s->size - 1;
+    info->base_address = s->base;
 }
 
 static void pa_sim_close(pa_backend *be)

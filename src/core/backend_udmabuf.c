@@ -824,8 +824,10 @@ static int pa_udmabuf_open_dev(pa_backend *be, const pa_udmabuf_dev *d, pa_err *
         goto fail;
     }
     /* sync-always write-combine: every mapping is already uncached */
-    be->coherent = u->dev.dma_coherent == 1 || always;
-    if (!be->coherent) {
+    be->cached_coherent = u->dev.dma_coherent == 1 || always;
+    /* cacheable=None: write-combine where the driver can map it (sync_mode) */
+    be->coherent = be->cached_coherent || u->sync_mode >= 0;
+    if (!be->cached_coherent) {
         rc = pa_udmabuf_pick_sync(u, err);
         if (rc < 0) {
             goto fail;
@@ -887,8 +889,11 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
     pa_udmabuf *u = be->priv;
     pa_tlsf_block *tb;
     size_t off, got;
-    bool wc = (flags & PA_UNCACHED) && !be->coherent;
+    bool wc = (flags & PA_CACHED) == 0 && !be->cached_coherent;
     int rc;
+    if (wc && u->sync_mode < 0 && (flags & PA_UNCACHED) == 0) {
+        wc = false; /* cacheable=None: cached where write-combine is not possible */
+    }
     if (wc) {
         if (u->sync_mode < 0) {
             return pa_seterr(err, ENOTSUP,
@@ -917,7 +922,7 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
                          "in the device tree)",
                          u->dev.node, size, align, st.free, st.largest_free, st.total);
     }
-    if (!be->coherent) {
+    if (!be->cached_coherent) {
         rc = pa_udmabuf_map_pages(u, off / u->page, (off + got - 1) / u->page,
                                   wc ? PA_PAGE_WC : PA_PAGE_CACHED, err);
         if (rc < 0) {
@@ -925,7 +930,7 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
         }
     }
     memset(u->cpu + off, 0, got);
-    if (!be->coherent && !wc) {
+    if (!be->cached_coherent && !wc) {
         rc = pa_udmabuf_sync_region(u, off, got, true, err); /* a fresh block is clean */
         if (rc < 0) {
             goto free_block;
@@ -934,7 +939,7 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
     blk->cpu = u->cpu + off;
     blk->device_address = u->dev.phys + off;
     blk->size = got;
-    blk->coherent = be->coherent || wc;
+    blk->coherent = be->cached_coherent || wc;
     blk->handle = tb;
     blk->aux = off;
     return 0;

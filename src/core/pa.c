@@ -68,12 +68,33 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
         return pa_seterr(err, ENOMEM, "out of memory opening backend '%s'", spec);
     }
     be->ops = ops;
-    int rc = pthread_mutex_init(&be->lock, NULL);
+    /* cacheable= is every backend's option (the default for cacheable=None):
+     * taken here, the others go to the backend */
+    pa_option *rest = calloc(nopts + 1, sizeof(*rest));
+    size_t nrest = 0;
+    if (rest == NULL) {
+        free(be);
+        return pa_seterr(err, ENOMEM, "out of memory opening backend '%s'", spec);
+    }
+    for (size_t i = 0; i < nopts; i++) {
+        if (strcmp(opts[i].key, "cacheable") != 0) {
+            rest[nrest++] = opts[i];
+        }
+    }
+    int rc = pa_opt_bool(opts, nopts, "cacheable", false, &be->cacheable, err);
+    if (rc < 0) {
+        free(rest);
+        free(be);
+        return rc;
+    }
+    rc = pthread_mutex_init(&be->lock, NULL);
     if (rc != 0) {
+        free(rest);
         free(be);
         return pa_seterr(err, rc, "pthread_mutex_init failed: %s", strerror(rc));
     }
-    rc = ops->open(be, colon != NULL ? colon + 1 : NULL, opts, nopts, err);
+    rc = ops->open(be, colon != NULL ? colon + 1 : NULL, rest, nrest, err);
+    free(rest);
     if (rc < 0) {
         pthread_mutex_destroy(&be->lock);
         free(be);
@@ -98,6 +119,9 @@ int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block
     }
     if ((align & (align - 1)) != 0) {
         return pa_seterr(err, EINVAL, "align must be a power of two, got %zu", align);
+    }
+    if ((flags & (PA_CACHED | PA_UNCACHED)) == 0 && be->cacheable) {
+        flags |= PA_CACHED; /* the backend's default, open_backend(..., cacheable=True) */
     }
     memset(blk, 0, sizeof(*blk));
     pthread_mutex_lock(&be->lock);
@@ -141,7 +165,13 @@ void pa_get_info(pa_backend *be, pa_info *info)
     info->used = be->used;
     info->buffers = be->buffers;
     pthread_mutex_unlock(&be->lock);
-    info->coherent = be->coherent;
+    info->coherent = pa_default_coherent(be);
+    info->cacheable = be->cacheable;
+}
+
+bool pa_default_coherent(const pa_backend *be)
+{
+    return be->cacheable ? be->cached_coherent : be->coherent;
 }
 
 void pa_close(pa_backend *be)

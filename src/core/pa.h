@@ -34,9 +34,11 @@ typedef enum pa_sync_dir {
     PA_FROM_DEVICE = 2, /* clean+invalidate: device writes become visible to the CPU */
 } pa_sync_dir;
 
-/* allocation flags */
-#define PA_CACHED 1u   /* cacheable=True asked explicitly */
-#define PA_UNCACHED 2u /* cacheable=False: coherent (write-combine) mapping */
+/* allocation flags; neither means cacheable=None: PYNQ's default, a
+ * non-cacheable (write-combine, never Device memory) coherent block where the
+ * backend can map one safely, else a cached block (reported non-coherent) */
+#define PA_CACHED 1u   /* cacheable=True: cached, exact-extent maintenance */
+#define PA_UNCACHED 2u /* cacheable=False: coherent (write-combine) mapping, or an error */
 
 typedef struct pa_block {
     void *cpu;               /* CPU address of byte 0 */
@@ -49,8 +51,13 @@ typedef struct pa_block {
 
 typedef struct pa_info {
     uint64_t total, used, free, largest_free, buffers;
-    bool coherent;
+    bool coherent;  /* a block allocated with cacheable=None is coherent */
+    bool cacheable; /* the backend's default: open_backend(..., cacheable=True) */
     size_t line_size;
+    /* lowest and highest device address a block can have (highest: of its
+     * last byte); 0, 0 when the backend cannot tell before allocating */
+    uint64_t lowest, highest;
+    uint64_t base_address; /* simulated devices: the device address of the region's byte 0 */
 } pa_info;
 
 typedef struct pa_backend pa_backend;
@@ -80,7 +87,10 @@ struct pa_backend {
     const pa_ops *ops;
     void *priv;
     pthread_mutex_t lock; /* taken by pa_alloc/pa_free/pa_info */
-    bool coherent;        /* default for new blocks; set by open */
+    bool coherent;        /* blocks allocated with cacheable=None are coherent; set by open */
+    bool cached_coherent; /* cacheable=True blocks are coherent too (the device snoops the
+                           * CPU's caches); set by open */
+    bool cacheable;       /* open option cacheable=1: None means True; set by pa_open */
     uint64_t used;        /* bytes in live blocks (maintained by pa.c) */
     uint64_t buffers;     /* live blocks */
 };
@@ -95,6 +105,8 @@ void pa_free(pa_backend *be, pa_block *blk);
 int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
             pa_err *err);
 void pa_get_info(pa_backend *be, pa_info *info);
+/* whether a block allocated with cacheable=None is coherent */
+bool pa_default_coherent(const pa_backend *be);
 void pa_close(pa_backend *be);
 
 /* option helpers for backends: unknown keys are an error naming the known ones */

@@ -31,18 +31,36 @@ static int pa_parse_align(PyObject *align, size_t *out)
     return 0;
 }
 
-static int pa_parse_cacheable(PyObject *cacheable, unsigned *flags)
+int pa_py_parse_cacheable(PyObject *cacheable, unsigned *flags)
 {
     *flags = 0;
     if (cacheable == NULL || cacheable == Py_None) {
         return 0;
     }
-    int t = PyObject_IsTrue(cacheable);
-    if (t < 0) {
+    if (cacheable == Py_True || cacheable == Py_False) {
+        *flags = cacheable == Py_True ? PA_CACHED : PA_UNCACHED;
+        return 0;
+    }
+    if (PyLong_Check(cacheable)) {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(cacheable, &overflow);
+        if (v == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow == 0 && (v == 0 || v == 1)) {
+            *flags = v ? PA_CACHED : PA_UNCACHED;
+            return 0;
+        }
+        PyErr_Format(PyExc_ValueError,
+                     "cacheable must be None, True, False, 0 or 1, got %R", cacheable);
         return -1;
     }
-    *flags = t ? PA_CACHED : PA_UNCACHED;
-    return 0;
+    /* a truth test would make cacheable='no' mean True */
+    PyErr_Format(PyExc_TypeError,
+                 "cacheable must be None (the backend's default), True, False, 0 or 1, not "
+                 "%.100s",
+                 Py_TYPE(cacheable)->tp_name);
+    return -1;
 }
 
 /* numpy.ndarray(shape, 'U') gives U1, 'S' S1; follow it */
@@ -180,7 +198,7 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
                      (PyObject *)descr);
         goto fail;
     }
-    if (pa_parse_align(align, &alignment) < 0 || pa_parse_cacheable(cacheable, &flags) < 0) {
+    if (pa_parse_align(align, &alignment) < 0 || pa_py_parse_cacheable(cacheable, &flags) < 0) {
         goto fail;
     }
     nbytes = (size_t)PyDataType_ELSIZE(descr);

@@ -98,6 +98,15 @@ PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs)
     Py_ssize_t pos = 0, i = 0;
     PyObject *key, *value;
     while (kwargs != NULL && PyDict_Next(kwargs, &pos, &key, &value)) {
+        if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "cacheable") == 0) {
+            unsigned flags;
+            if (pa_py_parse_cacheable(value, &flags) < 0) {
+                goto done;
+            }
+            if (flags == 0) {
+                continue; /* None: the backend's own default */
+            }
+        }
         PyObject *text = pa_option_text(value);
         if (text == NULL || PyList_Append(texts, text) < 0) {
             Py_XDECREF(text);
@@ -116,7 +125,7 @@ PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs)
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = pa_open(cspec, opts, (size_t)n, &be, &err);
+    rc = pa_open(cspec, opts, (size_t)i, &be, &err);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         pa_py_raise(rc, &err);
@@ -186,16 +195,40 @@ static PyObject *backend_info(PyObject *op, PyObject *unused)
     }
     pa_info info;
     pa_get_info(self->be, &info);
-    return Py_BuildValue("{s:s,s:O,s:K,s:K,s:K,s:K,s:K,s:O,s:n,s:O,s:s}", "name",
-                         self->be->ops->name, "spec", self->spec, "total",
-                         (unsigned long long)info.total, "used", (unsigned long long)info.used,
-                         "free", (unsigned long long)info.free, "largest_free",
-                         (unsigned long long)info.largest_free, "buffers",
-                         (unsigned long long)info.buffers, "coherent",
-                         info.coherent ? Py_True : Py_False, "cache_line_size",
-                         (Py_ssize_t)info.line_size, "closed",
-                         self->closing ? Py_True : Py_False, "check",
-                         self->check == 2 ? "raise" : self->check == 1 ? "warn" : "off");
+    PyObject *res = Py_BuildValue(
+        "{s:s,s:O,s:K,s:K,s:K,s:K,s:K,s:O,s:O,s:n,s:O,s:s}", "name", self->be->ops->name, "spec",
+        self->spec, "total", (unsigned long long)info.total, "used",
+        (unsigned long long)info.used, "free", (unsigned long long)info.free, "largest_free",
+        (unsigned long long)info.largest_free, "buffers", (unsigned long long)info.buffers,
+        "coherent", info.coherent ? Py_True : Py_False, "cacheable",
+        info.cacheable ? Py_True : Py_False, "cache_line_size", (Py_ssize_t)info.line_size,
+        "closed", self->closing ? Py_True : Py_False, "check",
+        self->check == 2 ? "raise" : self->check == 1 ? "warn" : "off");
+    if (res == NULL) {
+        return NULL;
+    }
+    /* the device address range; None where it is only known per allocation */
+    PyObject *lo = Py_None, *hi = Py_None, *base = Py_None;
+    Py_INCREF(lo);
+    Py_INCREF(hi);
+    Py_INCREF(base);
+    if (info.highest != 0) {
+        Py_SETREF(lo, PyLong_FromUnsignedLongLong(info.lowest));
+        Py_SETREF(hi, PyLong_FromUnsignedLongLong(info.highest));
+    }
+    if (self->be->ops->device_access != NULL) {
+        Py_SETREF(base, PyLong_FromUnsignedLongLong(info.base_address));
+    }
+    if (lo == NULL || hi == NULL || base == NULL ||
+        PyDict_SetItemString(res, "lowest_address", lo) < 0 ||
+        PyDict_SetItemString(res, "highest_address", hi) < 0 ||
+        PyDict_SetItemString(res, "base_address", base) < 0) {
+        Py_CLEAR(res);
+    }
+    Py_XDECREF(lo);
+    Py_XDECREF(hi);
+    Py_XDECREF(base);
+    return res;
 }
 
 static PyObject *backend_close(PyObject *op, PyObject *unused)
@@ -298,7 +331,7 @@ static PyObject *backend_coherent(PyObject *op, void *closure)
     if (self->be == NULL) {
         Py_RETURN_NONE;
     }
-    return PyBool_FromLong(self->be->coherent);
+    return PyBool_FromLong(pa_default_coherent(self->be));
 }
 
 PyDoc_STRVAR(allocate_doc,

@@ -74,6 +74,8 @@ int pa_py_backend_ready(void);
 PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs);
 PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
                          PyObject *align);
+/* cacheable: None -> 0, True/1 -> PA_CACHED, False/0 -> PA_UNCACHED; else an exception */
+int pa_py_parse_cacheable(PyObject *cacheable, unsigned *flags);
 /* argument parsing for METH_FASTCALL | METH_KEYWORDS: out[] has nall slots,
  * preset to defaults (NULL = missing); the first name is required */
 int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 typedef struct {
@@ -39,23 +40,47 @@ static PyObject *pa_probe_list(void)
     return list;
 }
 
-static PyObject *pa_open_with_check(const char *spec)
+/* opens spec with PYNQ_ALLOC_SIM_CHECK (sim only) and, for the default
+ * backend, PYNQ_ALLOC_CACHEABLE as options */
+static PyObject *pa_open_with_env(const char *spec, int is_default)
 {
-    PyObject *pyspec = PyUnicode_FromString(spec), *kwargs = NULL, *res = NULL;
+    PyObject *pyspec = PyUnicode_FromString(spec), *kwargs = PyDict_New(), *res = NULL;
     const char *check = getenv("PYNQ_ALLOC_SIM_CHECK");
-    if (pyspec == NULL) {
-        return NULL;
+    const char *cacheable = getenv("PYNQ_ALLOC_CACHEABLE");
+    if (pyspec == NULL || kwargs == NULL) {
+        goto done;
     }
     if (check != NULL && check[0] != '\0' && strncmp(spec, "sim", 3) == 0 &&
         (spec[3] == '\0' || spec[3] == ':')) {
-        kwargs = Py_BuildValue("{s:s}", "check", check);
-        if (kwargs == NULL) {
+        PyObject *v = PyUnicode_FromString(check);
+        if (v == NULL || PyDict_SetItemString(kwargs, "check", v) < 0) {
+            Py_XDECREF(v);
+            goto done;
+        }
+        Py_DECREF(v);
+    }
+    if (is_default && cacheable != NULL && cacheable[0] != '\0') {
+        PyObject *v = NULL;
+        if (!strcmp(cacheable, "1") || !strcasecmp(cacheable, "true") ||
+            !strcasecmp(cacheable, "yes")) {
+            v = Py_True;
+        } else if (!strcmp(cacheable, "0") || !strcasecmp(cacheable, "false") ||
+                   !strcasecmp(cacheable, "no")) {
+            v = Py_False;
+        } else {
+            PyErr_Format(PyExc_ValueError,
+                         "PYNQ_ALLOC_CACHEABLE=%s: use 1 (the default backend's buffers are "
+                         "cacheable) or 0 (PYNQ's default: non-cacheable)",
+                         cacheable);
+            goto done;
+        }
+        if (PyDict_SetItemString(kwargs, "cacheable", v) < 0) {
             goto done;
         }
     }
     res = pa_py_backend_open(pyspec, kwargs);
 done:
-    Py_DECREF(pyspec);
+    Py_XDECREF(pyspec);
     Py_XDECREF(kwargs);
     return res;
 }
@@ -75,12 +100,12 @@ static PyObject *pa_resolve_default(pa_state *st)
     const char *env = getenv("PYNQ_ALLOC_BACKEND");
     PyObject *be = NULL;
     if (env != NULL && env[0] != '\0') {
-        be = pa_open_with_check(env);
+        be = pa_open_with_env(env, 1);
     } else {
         for (size_t i = 0; be == NULL && pa_all_ops[i] != NULL; i++) {
             pa_err why;
             if (pa_all_ops[i]->board && pa_all_ops[i]->probe(NULL, &why) == 0) {
-                be = pa_open_with_check(pa_all_ops[i]->name);
+                be = pa_open_with_env(pa_all_ops[i]->name, 1);
                 if (be == NULL) {
                     return NULL;
                 }
@@ -125,7 +150,7 @@ static PyObject *pa_resolve_default(pa_state *st)
                     return NULL;
                 }
             }
-            be = pa_open_with_check("sim");
+            be = pa_open_with_env("sim", 1);
         }
     }
     st->dflt = be;
@@ -152,7 +177,7 @@ static PyObject *pa_resolve_target(pa_state *st, PyObject *target)
         return st->dflt;
     }
     const char *spec = PyUnicode_AsUTF8(target);
-    if (spec == NULL || (be = pa_open_with_check(spec)) == NULL) {
+    if (spec == NULL || (be = pa_open_with_env(spec, 0)) == NULL) {
         return NULL;
     }
     int rc = PyDict_SetItem(st->specs, target, be);
@@ -299,7 +324,7 @@ static PyObject *pa_set_default_backend(PyObject *module, PyObject *arg)
         be = arg;
     } else if (PyUnicode_Check(arg)) {
         const char *spec = PyUnicode_AsUTF8(arg);
-        if (spec == NULL || (be = pa_open_with_check(spec)) == NULL) {
+        if (spec == NULL || (be = pa_open_with_env(spec, 1)) == NULL) {
             return NULL;
         }
     } else {
