@@ -865,3 +865,28 @@ result(before=before, mid=mid, after=counts())
     assert after == before
     assert after["dmabuf_maps"] == 0
     emul.released_everything()
+
+
+# --------------------------------------------------------------------------------------
+# address_bits: the heap's memory lies where the kernel put it: checked, never handed out
+
+
+def test_address_bits_checks_heap_memory(emul, real_memory):
+    emul.heaps("linux,cma")
+    res = emul.result(r'''
+be = pynq_alloc.open_backend("dmaheap")
+try:
+    be.allocate(100, address_bits=12)
+    msg = None
+except MemoryError as e:
+    msg = str(e)
+ok = be.allocate(100, address_bits=64)
+info = be.info()
+result(msg=msg, buffers=info["buffers"], ok=ok.device_address > 0,
+       range=[info["lowest_address"], info["highest_address"]])
+''')
+    assert res["msg"] is not None and "dmaheap backend got 400 bytes" in res["msg"]
+    assert "above the limit 0xfff" in res["msg"] and "shared-dma-pool" in res["msg"]
+    assert res["buffers"] == 1 and res["ok"]
+    assert res["range"] == [None, None]  # the kernel decides, per allocation
+    emul.released_everything()

@@ -813,3 +813,24 @@ def test_every_fd_and_mapping_is_released(root):
         release(p)
     assert sysroot_fds(root) == 0 and sysroot_maps(root) == 0
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+# ------------------------------------------------------------ address_bits
+
+def test_address_bits_places_blocks_below_the_limit(root):
+    """A region straddling 4 GiB: address_bits=32 blocks land below it, others anywhere."""
+    FakeUdmabuf(root, size=2 * MB, phys=(1 << 32) - MB)
+    with pynq_alloc.open_backend("udmabuf") as be:
+        info = be.info()
+        assert (info["lowest_address"], info["highest_address"]) == ((1 << 32) - MB,
+                                                                      (1 << 32) + MB - 1)
+        high = be.allocate(512 * KB, "u1")  # the first fit: the low end
+        low = be.allocate(256 * KB, "u1", address_bits=32)
+        assert low.device_address + low.nbytes <= 1 << 32
+        with pytest.raises(MemoryError, match=r"(?s)no \d+ free bytes below 0x100000000.*"
+                                               r"reserved-memory"):
+            be.allocate(512 * KB, "u1", address_bits=32)
+        anywhere = be.allocate(512 * KB, "u1")  # no limit: here across 4 GiB
+        assert anywhere.device_address + anywhere.nbytes > 1 << 32
+        assert be.info()["buffers"] == 3
+        del high, low, anywhere

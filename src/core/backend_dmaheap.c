@@ -688,6 +688,10 @@ static int pa_dmaheap_open(pa_backend *be, const char *arg, const pa_option *opt
     be->priv = h;
     be->coherent = h->dflt->wc || h->coherent;
     be->cached_coherent = h->coherent;
+    be->low_hint = "DMA-BUF heap memory comes from the heap's CMA area or reserved-memory "
+                   "region; place one below the limit (a reserved-memory node with "
+                   "compatible = \"shared-dma-pool\", reusable and alloc-ranges below it, "
+                   "then dmaheap:NAME, or cma=SIZE@0-LIMIT on the kernel command line)";
     /* allocate a first pool now: proves the heap and pagemap work (root, real
      * frame numbers, contiguous memory) and serves the first small requests */
     if (h->chunk != 0) {

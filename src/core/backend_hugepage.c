@@ -646,6 +646,9 @@ static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, 
      * x86 (snooped), non-coherent elsewhere */
     be->coherent = coherent;
     be->cached_coherent = coherent;
+    be->low_hint = "huge pages come from the kernel's huge page pool, wherever it found free "
+                   "pages; it cannot ask for low memory. For a DMA engine with a narrow "
+                   "address range use a CMA area below the limit (udmabuf, dmaheap, zocl)";
     return 0;
 
 destroy_region:

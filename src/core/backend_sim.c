@@ -213,7 +213,22 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     pa_sim *s = be->priv;
     size_t off, got;
     pa_tlsf_block *h;
-    int rc = pa_tlsf_alloc(s->tlsf, size, align, &off, &got, &h);
+    size_t lim = pa_region_limit(be, s->base, s->size);
+    if (lim == 0) {
+        return pa_seterr(err, ENOMEM,
+                         "the sim backend's memory starts at device address 0x%llx, above the "
+                         "address limit 0x%llx (address_bits); open it with a lower "
+                         "base_address= option",
+                         (unsigned long long)s->base, (unsigned long long)be->alloc_max);
+    }
+    int rc = pa_tlsf_alloc_below(s->tlsf, size, align, lim, &off, &got, &h);
+    if (rc < 0 && lim < s->size) {
+        return pa_seterr(err, -rc,
+                         "sim backend cannot allocate %zu bytes (align %zu) below device address "
+                         "0x%llx (address_bits): not enough free memory below it; free buffers "
+                         "there or open the sim backend with a lower base_address=",
+                         size, align, (unsigned long long)be->alloc_max + 1);
+    }
     if (rc < 0) {
         pa_tlsf_stats st;
         pa_tlsf_get_stats(s->tlsf, &st);

@@ -851,6 +851,8 @@ static int pa_udmabuf_open_dev(pa_backend *be, const pa_udmabuf_dev *d, pa_err *
     }
     memset(u->pages, PA_PAGE_CACHED, u->map_len / u->page);
     be->priv = u;
+    be->low_hint = "u-dma-buf's memory is one buffer the driver reserved at load time: give it "
+                   "a reserved-memory node below the limit (memory-region = <&...>)";
     return 0;
 
 fail:
@@ -911,7 +913,18 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
             align = u->page;
         }
     }
-    rc = pa_tlsf_alloc(u->tlsf, size, align, &off, &got, &tb);
+    size_t lim = pa_region_limit(be, u->dev.phys, (size_t)u->dev.size);
+    rc = lim == 0 ? -ENOMEM : pa_tlsf_alloc_below(u->tlsf, size, align, lim, &off, &got, &tb);
+    if (rc < 0 && lim < (size_t)u->dev.size) {
+        return pa_seterr(err, ENOMEM,
+                         "u-dma-buf %s (device addresses 0x%llx-0x%llx) has no %zu free bytes "
+                         "below 0x%llx (address_bits); free buffers there, or give u-dma-buf a "
+                         "buffer in low memory (a reserved-memory node below the limit, "
+                         "memory-region = <&...> in the udmabuf node)",
+                         u->dev.node, (unsigned long long)u->dev.phys,
+                         (unsigned long long)(u->dev.phys + u->dev.size - 1), size,
+                         (unsigned long long)be->alloc_max + 1);
+    }
     if (rc < 0) {
         pa_tlsf_stats st;
         pa_tlsf_get_stats(u->tlsf, &st);
@@ -982,6 +995,8 @@ static void pa_udmabuf_info(pa_backend *be, pa_info *info)
     info->largest_free = st.largest_free;
     info->coherent = be->coherent;
     info->line_size = pa_cache_line_size();
+    info->lowest = u->dev.phys;
+    info->highest = u->dev.phys + st.total - 1;
 }
 
 static void pa_udmabuf_close(pa_backend *be)

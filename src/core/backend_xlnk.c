@@ -712,6 +712,9 @@ static int pa_xlnk_open(pa_backend *be, const char *arg, const pa_option *opts, 
      * cached block is None non-cacheable (README, "Backends") */
     be->coherent = x->sync == PA_XLNK_SYNC_NONE;
     be->cached_coherent = false;
+    be->low_hint = "libcma's buffers come from the kernel's default CMA area; place it below "
+                   "the limit (cma=SIZE@0-LIMIT on the kernel command line, or a linux,cma "
+                   "reserved-memory node with alloc-ranges below it)";
     return 0;
 
 close_dl:

@@ -477,6 +477,9 @@ static int pa_zocl_open(pa_backend *be, const char *arg, const pa_option *opts, 
     be->priv = z;
     be->coherent = !cacheable; /* non-cacheable BOs are write-combine mappings */
     be->cached_coherent = false;
+    be->low_hint = "zocl's buffer objects come from the kernel's default CMA area; place it "
+                   "below the limit (cma=SIZE@0-LIMIT on the kernel command line, or a "
+                   "linux,cma reserved-memory node with alloc-ranges below it)";
     return 0;
 }
 

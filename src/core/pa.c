@@ -68,6 +68,7 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
         return pa_seterr(err, ENOMEM, "out of memory opening backend '%s'", spec);
     }
     be->ops = ops;
+    be->alloc_max = UINT64_MAX;
     /* cacheable= is every backend's option (the default for cacheable=None):
      * taken here, the others go to the backend */
     pa_option *rest = calloc(nopts + 1, sizeof(*rest));
@@ -106,6 +107,13 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
 
 int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err)
 {
+    return pa_alloc_below(be, size, align, flags, UINT64_MAX, blk, err);
+}
+
+int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
+                   pa_block *blk, pa_err *err)
+{
+    size_t asked = size == 0 ? 1 : size;
     size_t rounded;
     if (size == 0) {
         size = 1; /* zero-size arrays still get a real, unique device address */
@@ -125,7 +133,21 @@ int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block
     }
     memset(blk, 0, sizeof(*blk));
     pthread_mutex_lock(&be->lock);
+    be->alloc_max = max_addr;
     int rc = be->ops->alloc(be, rounded, align, flags, blk, err);
+    be->alloc_max = UINT64_MAX;
+    if (rc == 0 && (blk->device_address > max_addr || asked - 1 > max_addr - blk->device_address)) {
+        /* memory from the kernel lands where the kernel puts it: check it */
+        unsigned long long lo = blk->device_address, hi = lo + asked - 1;
+        be->ops->free(be, blk);
+        memset(blk, 0, sizeof(*blk));
+        rc = pa_seterr(err, ENOMEM,
+                       "the %s backend got %zu bytes at device addresses 0x%llx-0x%llx, above "
+                       "the limit 0x%llx (address_bits); %s",
+                       be->ops->name, asked, lo, hi, (unsigned long long)max_addr,
+                       be->low_hint != NULL ? be->low_hint
+                                            : "this backend cannot choose where its memory lies");
+    }
     if (rc == 0) {
         be->used += blk->size;
         be->buffers++;
@@ -251,6 +273,17 @@ int pa_opt_bool(const pa_option *opts, size_t nopts, const char *key, bool dflt,
         return pa_seterr(err, EINVAL, "option %s=%s is not a boolean (true/false/1/0)", key, v);
     }
     return 0;
+}
+
+size_t pa_region_limit(const pa_backend *be, uint64_t base, size_t size)
+{
+    if (be->alloc_max < base) {
+        return 0;
+    }
+    if (be->alloc_max - base >= (uint64_t)size) {
+        return size;
+    }
+    return (size_t)(be->alloc_max - base + 1);
 }
 
 void pa_cma_meminfo(uint64_t *total, uint64_t *freeb)

@@ -91,6 +91,11 @@ struct pa_backend {
     bool cached_coherent; /* cacheable=True blocks are coherent too (the device snoops the
                            * CPU's caches); set by open */
     bool cacheable;       /* open option cacheable=1: None means True; set by pa_open */
+    uint64_t alloc_max;   /* during ops->alloc (under lock): the highest device address the
+                           * block may reach (address_bits); UINT64_MAX for no limit.
+                           * Sub-allocators place the block below it; pa.c checks all. */
+    const char *low_hint; /* set by open: where this backend's memory comes from and how
+                           * to get memory below an address limit (for the error) */
     uint64_t used;        /* bytes in live blocks (maintained by pa.c) */
     uint64_t buffers;     /* live blocks */
 };
@@ -101,6 +106,9 @@ const char *pa_known_backends(void); /* "sim, hugepage, ..." */
 extern const pa_ops *const pa_all_ops[]; /* NULL-terminated, in probe order */
 int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **out, pa_err *err);
 int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err);
+/* every byte of the block at a device address <= max_addr (address_bits=N: 2**N - 1) */
+int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
+                   pa_block *blk, pa_err *err);
 void pa_free(pa_backend *be, pa_block *blk);
 int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
             pa_err *err);
@@ -117,6 +125,11 @@ int pa_opt_u64(const pa_option *opts, size_t nopts, const char *key, uint64_t df
                pa_err *err);
 int pa_opt_bool(const pa_option *opts, size_t nopts, const char *key, bool dflt, bool *out,
                 pa_err *err);
+
+/* the offset limit (exclusive end) inside a region at device address base of
+ * size bytes that keeps blocks at or below be->alloc_max: size for none, 0
+ * when the whole region lies above it */
+size_t pa_region_limit(const pa_backend *be, uint64_t base, size_t size);
 
 /* system-wide CMA (CmaTotal/CmaFree of /proc/meminfo) in bytes; 0 when absent */
 void pa_cma_meminfo(uint64_t *total, uint64_t *freeb);

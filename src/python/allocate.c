@@ -31,6 +31,36 @@ static int pa_parse_align(PyObject *align, size_t *out)
     return 0;
 }
 
+/* address_bits=N: every byte below 2**N; max_addr = 2**N - 1 (no limit from 64 on) */
+static int pa_parse_address_bits(PyObject *bits, uint64_t *max_addr)
+{
+    *max_addr = UINT64_MAX;
+    if (bits == NULL || bits == Py_None) {
+        return 0;
+    }
+    if (PyBool_Check(bits) || !PyLong_Check(bits)) {
+        PyErr_Format(PyExc_TypeError, "address_bits must be an int (e.g. 32), not %.100s",
+                     Py_TYPE(bits)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long n = PyLong_AsLongAndOverflow(bits, &overflow);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow != 0 || n < 12 || n > 64) {
+        PyErr_Format(PyExc_ValueError,
+                     "address_bits must be between 12 and 64 (a DMA mask's width, e.g. 32), "
+                     "got %R",
+                     bits);
+        return -1;
+    }
+    if (n < 64) {
+        *max_addr = ((uint64_t)1 << n) - 1;
+    }
+    return 0;
+}
+
 int pa_py_parse_cacheable(PyObject *cacheable, unsigned *flags)
 {
     *flags = 0;
@@ -166,8 +196,9 @@ static int pa_convert_shape(PyObject *shape, npy_intp *dims, int *nd)
 }
 
 PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
-                         PyObject *align)
+                         PyObject *align, PyObject *address_bits)
 {
+    uint64_t max_addr;
     npy_intp dimv[PA_MAXDIMS];
     PyArray_Dims dims = {dimv, 0};
     PyArray_Descr *descr = NULL;
@@ -198,7 +229,8 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
                      (PyObject *)descr);
         goto fail;
     }
-    if (pa_parse_align(align, &alignment) < 0 || pa_py_parse_cacheable(cacheable, &flags) < 0) {
+    if (pa_parse_align(align, &alignment) < 0 || pa_py_parse_cacheable(cacheable, &flags) < 0 ||
+        pa_parse_address_bits(address_bits, &max_addr) < 0) {
         goto fail;
     }
     nbytes = (size_t)PyDataType_ELSIZE(descr);
@@ -224,7 +256,7 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     a->anchor = a->root = NULL;
     memset(&a->block, 0, sizeof(a->block));
 
-    int rc = pa_alloc(b->be, nbytes, alignment, flags, &a->block, &err);
+    int rc = pa_alloc_below(b->be, nbytes, alignment, flags, max_addr, &a->block, &err);
     if (rc < 0) {
         pa_py_raise(rc, &err);
         goto fail;

@@ -175,12 +175,12 @@ static BackendObject *backend_open_or_raise(PyObject *op)
 static PyObject *backend_allocate(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames)
 {
-    static const char *const names[] = {"shape", "dtype", "cacheable", "align"};
-    PyObject *v[4] = {NULL, NULL, Py_None, Py_None};
-    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 2, 4, v) < 0) {
+    static const char *const names[] = {"shape", "dtype", "cacheable", "align", "address_bits"};
+    PyObject *v[5] = {NULL, NULL, Py_None, Py_None, Py_None};
+    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 2, 5, v, NULL) < 0) {
         return NULL;
     }
-    return pa_py_allocate((BackendObject *)op, v[0], v[1], v[2], v[3]);
+    return pa_py_allocate((BackendObject *)op, v[0], v[1], v[2], v[3], v[4]);
 }
 
 static PyObject *backend_info(PyObject *op, PyObject *unused)
@@ -335,7 +335,8 @@ static PyObject *backend_coherent(PyObject *op, void *closure)
 }
 
 PyDoc_STRVAR(allocate_doc,
-             "allocate($self, shape, dtype='u4', *, cacheable=None, align=None)\n--\n\n"
+             "allocate($self, shape, dtype='u4', *, cacheable=None, align=None, "
+             "address_bits=None)\n--\n\n"
              "Allocate a zeroed Buffer from this backend.");
 PyDoc_STRVAR(info_doc, "info($self)\n--\n\nA dict: name, total, used, free, largest_free, buffers "
                        "(bytes and counts), coherent, cache_line_size, closed, check.");

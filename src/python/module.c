@@ -185,9 +185,11 @@ static PyObject *pa_resolve_target(pa_state *st, PyObject *target)
     return rc < 0 ? NULL : be;
 }
 
-/* PYNQ's contract for other targets: target.allocate(shape, dtype, **kwargs) */
+/* PYNQ's contract for other targets: target.allocate(shape, dtype, **kwargs);
+ * keywords we do not know (PYNQ's pointer=, cache= ...) go unchanged */
 static PyObject *pa_allocate_foreign(PyObject *target, PyObject *shape, PyObject *dtype,
-                                     PyObject *cacheable, PyObject *align)
+                                     PyObject *cacheable, PyObject *align, PyObject *address_bits,
+                                     PyObject *extra)
 {
     PyObject *meth = PyObject_GetAttrString(target, "allocate");
     if (meth == NULL) {
@@ -198,14 +200,15 @@ static PyObject *pa_allocate_foreign(PyObject *target, PyObject *shape, PyObject
                      Py_TYPE(target)->tp_name);
         return NULL;
     }
-    PyObject *kw = PyDict_New(), *res = NULL;
+    PyObject *kw = extra != NULL ? PyDict_Copy(extra) : PyDict_New(), *res = NULL;
     PyObject *args = Py_BuildValue("(OO)", shape, dtype != NULL ? dtype : Py_None);
     if (dtype == NULL && args != NULL) {
         Py_SETREF(args, Py_BuildValue("(Os)", shape, "u4"));
     }
     if (kw != NULL && args != NULL &&
         (cacheable == Py_None || PyDict_SetItemString(kw, "cacheable", cacheable) == 0) &&
-        (align == Py_None || PyDict_SetItemString(kw, "align", align) == 0)) {
+        (align == Py_None || PyDict_SetItemString(kw, "align", align) == 0) &&
+        (address_bits == Py_None || PyDict_SetItemString(kw, "address_bits", address_bits) == 0)) {
         res = PyObject_Call(meth, args, kw);
     }
     Py_XDECREF(kw);
@@ -215,16 +218,29 @@ static PyObject *pa_allocate_foreign(PyObject *target, PyObject *shape, PyObject
 }
 
 PyDoc_STRVAR(allocate_doc,
-             "allocate(shape, dtype='u4', target=None, *, cacheable=None, align=None)\n--\n\n"
+             "allocate(shape, dtype='u4', target=None, *, cacheable=None, align=None, "
+             "address_bits=None, **kwargs)\n--\n\n"
              "Allocate a zeroed, physically contiguous Buffer (a numpy.ndarray subclass).\n\n"
              "target: None (the default backend), a backend, a spec string such as 'sim' or "
              "'hugepage', or any object with an allocate(shape, dtype, **kwargs) method (PYNQ "
-             "devices and memories).\ncacheable: None for the backend's default; False asks for "
-             "a coherent (write-combine) buffer.\nalign: a power of two in bytes (default "
-             "4096).");
+             "devices and memories; other keywords go to it unchanged).\ncacheable: None is "
+             "PYNQ's default, non-cacheable (coherent) memory where the backend can map it "
+             "(or the backend's default); True asks for cached memory with flush()/invalidate(); "
+             "False insists on non-cacheable.\nalign: a power of two in bytes (default 4096)."
+             "\naddress_bits: every byte's device address is below 2**address_bits.");
+
+/* "shape, dtype, ..." for error messages */
+static PyObject *pa_name_list(const char *const *names, int nall)
+{
+    PyObject *text = PyUnicode_FromString("");
+    for (int j = 0; text != NULL && j < nall; j++) {
+        PyUnicode_AppendAndDel(&text, PyUnicode_FromFormat("%s%s", j ? ", " : "", names[j]));
+    }
+    return text;
+}
 
 int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                   const char *const *names, int npos, int nall, PyObject **out)
+                   const char *const *names, int npos, int nall, PyObject **out, PyObject **extra)
 {
     if (nargs > npos) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional arguments (%zd given)",
@@ -241,41 +257,76 @@ int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, P
         while (j < nall && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) {
             j++;
         }
+        if (j == nall && extra != NULL) {
+            /* for a foreign target's allocate(), unchanged */
+            if ((*extra == NULL && (*extra = PyDict_New()) == NULL) ||
+                PyDict_SetItem(*extra, key, args[nargs + k]) < 0) {
+                Py_CLEAR(*extra);
+                return -1;
+            }
+            continue;
+        }
         if (j == nall) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
-                         key);
+            PyObject *list = pa_name_list(names, nall);
+            if (list != NULL) {
+                PyErr_Format(PyExc_TypeError,
+                             "%s() got an unexpected keyword argument '%U' (it takes %U)", fname,
+                             key, list);
+                Py_DECREF(list);
+            }
             return -1;
         }
         if (j < nargs) {
             PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
                          names[j]);
-            return -1;
+            goto fail;
         }
         out[j] = args[nargs + k];
     }
     if (out[0] == NULL) {
         PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[0]);
-        return -1;
+        goto fail;
     }
     return 0;
+fail:
+    if (extra != NULL) {
+        Py_CLEAR(*extra);
+    }
+    return -1;
 }
 
 static PyObject *pa_allocate(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
-    static const char *const names[] = {"shape", "dtype", "target", "cacheable", "align"};
-    PyObject *v[5] = {NULL, NULL, NULL, Py_None, Py_None};
-    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 3, 5, v) < 0) {
+    static const char *const names[] = {"shape", "dtype", "target", "cacheable", "align",
+                                        "address_bits"};
+    PyObject *v[6] = {NULL, NULL, NULL, Py_None, Py_None, Py_None};
+    PyObject *extra = NULL, *res = NULL;
+    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 3, 6, v, &extra) < 0) {
         return NULL;
     }
     PyObject *be = pa_resolve_target(pa_get_state(module), v[2]);
     if (be == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
+        if (!PyErr_Occurred()) {
+            res = pa_allocate_foreign(v[2], v[0], v[1], v[3], v[4], v[5], extra);
         }
-        return pa_allocate_foreign(v[2], v[0], v[1], v[3], v[4]);
+    } else if (extra != NULL) {
+        /* ours: a keyword we do not know is a mistake, not something to pass on */
+        Py_ssize_t pos = 0;
+        PyObject *key, *value, *list = pa_name_list(names, 6);
+        PyDict_Next(extra, &pos, &key, &value);
+        if (list != NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "allocate() got an unexpected keyword argument '%U' (it takes %U; "
+                         "other keywords are passed only to a foreign target's allocate())",
+                         key, list);
+            Py_DECREF(list);
+        }
+    } else {
+        res = pa_py_allocate((BackendObject *)be, v[0], v[1], v[3], v[4], v[5]);
     }
-    return pa_py_allocate((BackendObject *)be, v[0], v[1], v[3], v[4]);
+    Py_XDECREF(extra);
+    return res;
 }
 
 PyDoc_STRVAR(open_backend_doc,
