@@ -11,6 +11,7 @@ allocation, as a PYNQ user's ``pynq.allocate(shape, dtype)`` would make them.
 import asyncio
 import struct
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -247,8 +248,11 @@ def test_axidma_sg_on_cacheable_memory_checker_reports_flush_for_invalidate(pq, 
     inp.flush()
     out.flush()
     dma.sendchannel.transfer(inp)
-    with pytest.raises(pynq_alloc.CoherencyError, match="invalidate"):
+    with pytest.raises(pynq_alloc.CoherencyError, match="invalidate") as err:
         dma.sendchannel.wait()
+    # at PYNQ's `self._descr.flush()` in wait(), over the descriptors' status words
+    assert err.traceback[-1].frame.code.path == Path(pq.dma.__file__)
+    assert f"{dma.sendchannel._descr.device_address:#x}" in str(err.value)
 
 
 # ------------------------------------------------------------------ HLS
