@@ -19,7 +19,8 @@ documents it (README "sim", src/core/backend_sim.c):
   cache and memory last agreed on) and ``devwrote`` (the device wrote the line
   since the CPU last synchronised it).
 * A line is CPU-dirty when ``cpu != clean`` (by value, as the checker decides).
-* ``flush()`` over lines [l0, l1): a dirty line the device wrote loses
+* ``flush()`` over lines [l0, l1): reports lines with ``devwrote`` (checking
+  mode: the CPU's copy is stale, invalidate() was meant); a dirty line the device wrote loses
   ``devwrote`` (its write-back clobbers the device's data); every line without
   ``devwrote`` is written back (``dev = clean = cpu``).
 * ``invalidate()``: reports dirty lines (checking mode); dirty lines lose
@@ -130,14 +131,18 @@ class Alloc:
         return (self.lines(self.cpu)[l0:l1] != self.lines(self.clean)[l0:l1]).any(axis=1)
 
     def flush(self, l0, l1):
+        """Returns whether the checker reports it: lines the device wrote since the
+        CPU last invalidated them (the CPU's copy is stale, or invalidate() was meant)."""
         if self.dev is None:
-            return
+            return False
         C, D, K = self.lines(self.cpu), self.lines(self.dev), self.lines(self.clean)
         dw = self.devwrote[l0:l1]
+        report = bool(dw.any())
         dw &= ~self.dirty(l0, l1)
         wb = np.flatnonzero(~dw) + l0
         D[wb] = C[wb]
         K[wb] = C[wb]
+        return report
 
     def invalidate(self, l0, l1):
         """Returns whether the checker reports it."""
@@ -675,7 +680,9 @@ class BufferMachine(RuleBasedStateMachine):
         if ext is not None:
             l0, l1 = line_range(*ext)
             if how in ("flush", "sync_to_device"):
-                a.flush(l0, l1)
+                report = a.flush(l0, l1) and self.check
+                if report:
+                    event("flush: over device-written lines, reported")
             else:
                 if a.dev is not None and a.devwrote[l0:l1].any():
                     event("invalidate: reloads device-written lines")

@@ -351,6 +351,40 @@ static void pa_sim_writeback(pa_sim *s, size_t lo, size_t hi)
     }
 }
 
+/* Checking mode, case 4: flush() over lines the device wrote since the CPU
+ * last invalidated them. A clean CPU copy is stale: on hardware the next
+ * eviction of a line the CPU then writes (or a dirty one now) puts it over
+ * the device's data, and the caller most likely meant invalidate(). */
+static int pa_sim_check_flush(const pa_sim *s, const pa_block *blk, size_t lo, size_t hi,
+                              pa_err *err)
+{
+    size_t n = 0, dirty = 0, first = 0, last = 0;
+    for (size_t line = pa_sim_next_devwrote(s, lo / PA_LINE, hi / PA_LINE); line < hi / PA_LINE;
+         line = pa_sim_next_devwrote(s, line + 1, hi / PA_LINE)) {
+        if (n++ == 0) {
+            first = line * PA_LINE;
+        }
+        last = line * PA_LINE;
+        dirty += pa_sim_line_dirty(s, line * PA_LINE);
+    }
+    if (n == 0) {
+        return 0;
+    }
+    size_t base = (size_t)blk->aux;
+    pa_seterr(err, 0,
+              "flush() over cache lines the device wrote since the CPU last invalidated them: "
+              "bytes %zu-%zu of the buffer at 0x%llx (device addresses 0x%llx-0x%llx, %zu cache "
+              "line%s). %s Call invalidate() after the device writes and before the CPU reads; "
+              "flush() is for data the CPU wrote for the device.",
+              first - base, last + PA_LINE - 1 - base, (unsigned long long)blk->device_address,
+              (unsigned long long)(s->base + first),
+              (unsigned long long)(s->base + last + PA_LINE - 1), n, n == 1 ? "" : "s",
+              dirty > 0 ? "The CPU's stale copy of some of them now overwrote the device's data."
+                        : "The CPU's copy is stale: written back later, it overwrites the "
+                          "device's data.");
+    return s->check;
+}
+
 static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, size_t len,
                               pa_sync_dir dir, pa_err *err)
 {
@@ -361,8 +395,11 @@ static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, s
     int report = 0;
 
     if (dir == PA_TO_DEVICE) {
+        if (s->check != SIM_CHECK_OFF) {
+            report = pa_sim_check_flush(s, blk, lo, hi, err);
+        }
         pa_sim_writeback(s, lo, hi);
-        return 0;
+        return report;
     }
     if (s->check != SIM_CHECK_OFF) {
         size_t first = 0, last = 0;

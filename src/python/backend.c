@@ -245,12 +245,16 @@ static PyObject *backend_close(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *backend_device_read(PyObject *op, PyObject *args)
+static PyObject *backend_device_read(PyObject *op, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"device_address", "nbytes", "check", NULL};
     unsigned long long addr;
     Py_ssize_t n;
+    int check = 1;
     BackendObject *self = backend_open_or_raise(op);
-    if (self == NULL || !PyArg_ParseTuple(args, "Kn:device_read", &addr, &n)) {
+    if (self == NULL ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "Kn|$p:device_read", kwlist, &addr, &n,
+                                     &check)) {
         return NULL;
     }
     if (n < 0) {
@@ -266,7 +270,8 @@ static PyObject *backend_device_read(PyObject *op, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     rc = pa_sim_device_access(self->be, addr, PyBytes_AS_STRING(out), (size_t)n, false, &err);
     Py_END_ALLOW_THREADS
-    if (rc < 0 || (rc > 0 && pa_py_report(self, rc, &err) < 0)) {
+    /* check=False: a debugger's peek; a read changes nothing, so only the report goes */
+    if (rc < 0 || (rc > 0 && check && pa_py_report(self, rc, &err) < 0)) {
         Py_DECREF(out);
         return rc < 0 ? pa_py_raise(rc, &err) : NULL;
     }
@@ -339,12 +344,15 @@ PyDoc_STRVAR(allocate_doc,
              "address_bits=None)\n--\n\n"
              "Allocate a zeroed Buffer from this backend.");
 PyDoc_STRVAR(info_doc, "info($self)\n--\n\nA dict: name, total, used, free, largest_free, buffers "
-                       "(bytes and counts), coherent, cache_line_size, closed, check.");
+                       "(bytes and counts), coherent (of a cacheable=None buffer), cacheable (the "
+                       "backend's default), cache_line_size, closed, check, lowest_address, "
+                       "highest_address (None where only the kernel knows), base_address (sim).");
 PyDoc_STRVAR(close_doc, "close($self)\n--\n\nNo new allocations; the backend's resources are "
                         "released when its last buffer is gone (at once if there is none).");
 PyDoc_STRVAR(device_read_doc,
-             "device_read($self, device_address, nbytes)\n--\n\nsim only: what the simulated device "
-             "reads at device_address (bytes).");
+             "device_read($self, device_address, nbytes, *, check=True)\n--\n\nsim only: what "
+             "the simulated device reads at device_address (bytes). check=False peeks without "
+             "a coherency report (for test benches and debuggers).");
 PyDoc_STRVAR(device_write_doc,
              "device_write($self, device_address, data)\n--\n\nsim only: the simulated device writes "
              "data (any bytes-like object) at device_address.");
@@ -354,7 +362,8 @@ static PyMethodDef backend_methods[] = {
      allocate_doc},
     {"info", backend_info, METH_NOARGS, info_doc},
     {"close", backend_close, METH_NOARGS, close_doc},
-    {"device_read", backend_device_read, METH_VARARGS, device_read_doc},
+    {"device_read", (PyCFunction)(void (*)(void))backend_device_read,
+     METH_VARARGS | METH_KEYWORDS, device_read_doc},
     {"device_write", backend_device_write, METH_VARARGS, device_write_doc},
     {"__enter__", backend_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))backend_exit, METH_FASTCALL, NULL},
