@@ -2,6 +2,7 @@
  * accounting around the backends' ops tables. */
 #define _GNU_SOURCE
 #include "pa.h"
+#include "cache.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -156,8 +157,41 @@ int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, ui
     return rc;
 }
 
+void pa_adopt(void *cpu, uint64_t device_address, size_t size, bool coherent, pa_block *blk)
+{
+    memset(blk, 0, sizeof(*blk));
+    blk->cpu = cpu;
+    blk->device_address = device_address;
+    blk->size = size;
+    blk->coherent = coherent;
+    blk->foreign = true;
+}
+
+static int pa_foreign_sync(const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
+                           pa_err *err)
+{
+    if (!pa_cache_user_maintenance()) {
+        return pa_seterr(err, ENOTSUP,
+                         "flush()/invalidate() of wrapped memory use the CPU's own cache "
+                         "maintenance, which this CPU cannot do from user space (32-bit ARM "
+                         "needs the kernel); sync through the driver that owns the memory, or "
+                         "wrap a non-cacheable mapping with coherent=True");
+    }
+    char *p = (char *)blk->cpu + off;
+    int rc = dir == PA_TO_DEVICE ? pa_cache_clean(p, len) : pa_cache_clean_invalidate(p, len);
+    if (rc < 0) {
+        return pa_seterr(err, -rc, "cache maintenance (%s) over wrapped memory failed: %s",
+                         pa_cache_method(), strerror(-rc));
+    }
+    return 0;
+}
+
 void pa_free(pa_backend *be, pa_block *blk)
 {
+    if (blk->foreign) {
+        memset(blk, 0, sizeof(*blk)); /* the owner frees it */
+        return;
+    }
     pthread_mutex_lock(&be->lock);
     be->used -= blk->size;
     be->buffers--;
@@ -175,6 +209,9 @@ int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync
     if (off > blk->size || len > blk->size - off) {
         return pa_seterr(err, EINVAL, "sync range [%zu, %zu) is outside the %zu-byte block", off,
                          off + len, blk->size);
+    }
+    if (blk->foreign) {
+        return pa_foreign_sync(blk, off, len, dir, err);
     }
     return be->ops->sync(be, blk, off, len, dir, err);
 }

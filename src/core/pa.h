@@ -45,6 +45,8 @@ typedef struct pa_block {
     uint64_t device_address; /* what the device uses for byte 0 */
     size_t size;             /* usable bytes, a multiple of PA_LINE */
     bool coherent;           /* no cache maintenance needed */
+    bool foreign;            /* memory another owner provides (pa_adopt): never freed here;
+                              * synced with the CPU's own cache maintenance */
     void *handle;            /* backend private (allocator node, BO ...) */
     uint64_t aux;            /* backend private */
 } pa_block;
@@ -110,6 +112,11 @@ int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block
 int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
                    pa_block *blk, pa_err *err);
 void pa_free(pa_backend *be, pa_block *blk);
+/* describe memory another owner provides as a block (wrap()): no backend
+ * involved; pa_sync cleans/invalidates it with the CPU's own maintenance
+ * (x86, AArch64; ENOTSUP elsewhere) and pa_free never frees it */
+void pa_adopt(void *cpu, uint64_t device_address, size_t size, bool coherent, pa_block *blk);
+/* be may be NULL for a foreign block */
 int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
             pa_err *err);
 void pa_get_info(pa_backend *be, pa_info *info);

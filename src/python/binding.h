@@ -93,6 +93,13 @@ AllocationObject *pa_py_shared_allocation(PyArrayObject *arr, PyObject *parent);
 PyObject *pa_py_freebuffer(PyObject *self, PyObject *unused);
 /* the live allocation when self is its root Buffer, else NULL */
 AllocationObject *pa_py_root_of(PyObject *self);
+/* wrap.c: Buffers over another owner's memory */
+PyObject *pa_py_wrap(PyObject *obj, PyObject *device_address, PyObject *coherent,
+                     PyObject *backend, PyObject *on_free);
+int pa_py_is_wrap(const AllocationObject *a);
+/* releases a wrap's export and runs its on_free once (from pa_py_allocation_release) */
+void pa_py_wrap_release(AllocationObject *a);
+int pa_py_wrap_ready(void);
 /* a result NumPy made from the root that holds the root: re-point it at the anchor */
 PyObject *pa_py_rehome(PyObject *self, PyObject *res);
 

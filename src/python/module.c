@@ -329,6 +329,34 @@ static PyObject *pa_allocate(PyObject *module, PyObject *const *args, Py_ssize_t
     return res;
 }
 
+PyDoc_STRVAR(wrap_doc,
+             "wrap(obj, device_address, *, coherent=True, backend=None, on_free=None)\n--\n\n"
+             "A Buffer over memory another owner provides (anything with the buffer protocol or "
+             "__array_interface__: an mmap, a PYNQ buffer, a DRM frame, a pynq_alloc Buffer), "
+             "with the same views, address arithmetic and lifetime rules as allocate()'s.\n"
+             "device_address: the device address of obj's first element.\ncoherent: False "
+             "when the CPU maps it cached (flush()/invalidate() then use the CPU's own cache "
+             "maintenance: x86, AArch64); a pynq_alloc Buffer keeps its own.\nbackend: what "
+             "buf.backend reports.\non_free(obj): called once when the wrap is freed "
+             "(freebuffer() or its last view gone); freebuffer() never frees obj's memory.");
+
+static PyObject *pa_wrap(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames)
+{
+    (void)module;
+    static const char *const names[] = {"obj", "device_address", "coherent", "backend",
+                                        "on_free"};
+    PyObject *v[5] = {NULL, NULL, NULL, Py_None, Py_None};
+    if (pa_py_fastargs("wrap", args, nargs, kwnames, names, 2, 5, v, NULL) < 0) {
+        return NULL;
+    }
+    if (v[1] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "wrap() missing required argument 'device_address'");
+        return NULL;
+    }
+    return pa_py_wrap(v[0], v[1], v[2], v[3], v[4]);
+}
+
 PyDoc_STRVAR(open_backend_doc,
              "open_backend(spec, **options)\n--\n\n"
              "Open a new backend. spec: 'sim', 'hugepage', ... Options are backend specific, "
@@ -406,6 +434,7 @@ static PyObject *pa_cache_info(PyObject *module, PyObject *unused)
 static PyMethodDef pa_methods[] = {
     {"allocate", (PyCFunction)(void (*)(void))pa_allocate, METH_FASTCALL | METH_KEYWORDS,
      allocate_doc},
+    {"wrap", (PyCFunction)(void (*)(void))pa_wrap, METH_FASTCALL | METH_KEYWORDS, wrap_doc},
     {"open_backend", (PyCFunction)(void (*)(void))pa_open_backend, METH_VARARGS | METH_KEYWORDS,
      open_backend_doc},
     {"default_backend", pa_default_backend, METH_NOARGS, default_backend_doc},
@@ -437,7 +466,7 @@ static int pa_exec(PyObject *module)
         if (PaExc_CoherencyWarning == NULL || PaExc_CoherencyError == NULL) {
             return -1;
         }
-        if (pa_py_buffer_ready() < 0 || pa_py_backend_ready() < 0) {
+        if (pa_py_buffer_ready() < 0 || pa_py_backend_ready() < 0 || pa_py_wrap_ready() < 0) {
             return -1;
         }
     }
