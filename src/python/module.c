@@ -142,11 +142,13 @@ static PyObject *pa_resolve_default(pa_state *st)
         if (be == NULL) {
             if (!st->warned) {
                 st->warned = 1;
+                /* stacklevel 1 from C is the Python frame that called
+                 * allocate()/default_backend(): the caller's own line */
                 if (PyErr_WarnEx(PyExc_UserWarning,
                                  "pynq_alloc: no DMA hardware found; using the simulated 'sim' "
                                  "backend (device addresses are simulated). Set "
                                  "PYNQ_ALLOC_BACKEND to choose a backend.",
-                                 2) < 0) {
+                                 1) < 0) {
                     return NULL;
                 }
             }
