@@ -233,9 +233,6 @@ def test_axidma_sg_on_cacheable_memory_unchecked_reads_stale_status(pq):
         backend.close()
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception,
-                   reason="issue 10 (10a): sim checker does not yet report flush() "
-                   "over lines the device wrote since the CPU last invalidated them")
 def test_axidma_sg_on_cacheable_memory_checker_reports_flush_for_invalidate(pq, be_cached):
     """PYNQ's SG wait() reads descriptor status after flush() where invalidate()
     was meant (harmless on PYNQ's non-cacheable memory). On a backend whose
@@ -356,13 +353,13 @@ def frame_bytes(k, mode):
     return ((np.arange(h * w, dtype=np.uint32) * 7 + k * 31) % 256).astype(np.uint8).tobytes()
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError),
-                   reason="issue 10 (10a): allocate() does not yet pass unknown "
-                   "keywords (cache=, pointer=) to a foreign target; pynq_alloc.wrap() missing")
-def test_vdma_readframe_foreign_target_and_recycling(pq, be):
+@pytest.mark.parametrize("cacheable_frames", [True, False], ids=["cacheable", "non-cacheable"])
+def test_vdma_readframe_foreign_target_and_recycling(pq, be, cacheable_frames):
     model, memory, vdma = make_vdma(pq, be)
     mode = pq.video_common.VideoMode(64, 16, 24)
     ch = vdma.readchannel
+    assert ch.cacheable_frames is True  # PYNQ's default for video frames
+    ch.cacheable_frames = cacheable_frames
     ch.mode = mode
     ch.start()
     try:
@@ -370,11 +367,12 @@ def test_vdma_readframe_foreign_target_and_recycling(pq, be):
         # PYNQ's own keywords through pynq_alloc.allocate unchanged
         assert memory.fresh == 4
         assert all(c["cache"] is ch._cache and c["pointer"] is None
-                   and c["cacheable"] is True for c in memory.calls)
+                   and c["cacheable"] is cacheable_frames for c in memory.calls)
         for k in range(4):
             model.capture(frame_bytes(k, mode))
-        frame = ch.readframe()
+        frame = ch.readframe()  # PYNQ invalidates it before handing it over
         assert isinstance(frame, pynq_alloc.Buffer)
+        assert frame.coherent is (not cacheable_frames)
         assert frame.shape == mode.shape
         # PYNQ returns the frame two stores behind the one being written
         assert model.written[frame.device_address] == frame_bytes(2, mode)
@@ -389,6 +387,7 @@ def test_vdma_readframe_foreign_target_and_recycling(pq, be):
         # readframe took the recycled memory for the store it replaced
         recycled = memory.calls[-1]
         assert recycled["pointer"] is not None and recycled["pointer"].device_address == addr
+        assert recycled["pointer"] is not frame  # a new wrap over the same memory
         assert memory.fresh == 5  # only the first readframe needed a fresh frame
         assert addr in [ch._frames[i].device_address for i in range(4)
                         if ch._frames[i] is not None]
@@ -398,9 +397,6 @@ def test_vdma_readframe_foreign_target_and_recycling(pq, be):
         ch.stop()
 
 
-@pytest.mark.xfail(strict=True, raises=(TypeError, AttributeError),
-                   reason="issue 10 (10a): allocate() does not yet pass unknown "
-                   "keywords (cache=, pointer=) to a foreign target; pynq_alloc.wrap() missing")
 def test_vdma_writeframe(pq, be):
     model, memory, vdma = make_vdma(pq, be)
     mode = pq.video_common.VideoMode(32, 8, 8)
@@ -410,6 +406,7 @@ def test_vdma_writeframe(pq, be):
     try:
         for k in range(3):
             frame = ch.newframe()
+            assert frame.coherent is False  # PYNQ asks for cacheable frames: flush() matters
             frame[:] = np.frombuffer(frame_bytes(k, mode), np.uint8).reshape(mode.shape)
             ch.writeframe(frame)  # PYNQ flushes, then points the next store at it
             addr, shown = model.scanout()
