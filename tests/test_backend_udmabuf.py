@@ -510,6 +510,30 @@ def test_write_combine_needs_sync_mode(root):
         be.allocate(10)
 
 
+def test_default_is_write_combine_where_the_driver_can_map_it(root):
+    """cacheable=None is PYNQ's non-cacheable: write-combine pages (sync_mode), coherent,
+    never synced; without sync_mode it falls back to cached memory and says so."""
+    fake = FakeUdmabuf(root)
+    with pynq_alloc.open_backend("udmabuf") as be:
+        assert be.info()["coherent"] is True and be.info()["cacheable"] is False
+        buf = be.allocate(100, "u1")
+        assert buf.coherent and not buf.cacheable
+        assert buf.device_address % PAGE == 0  # write-combine blocks own whole pages
+        marks = fake.attr("sync_for_device"), fake.attr("sync_for_cpu")
+        buf[:] = 6
+        buf.flush()
+        buf.invalidate()
+        assert (fake.attr("sync_for_device"), fake.attr("sync_for_cpu")) == marks  # no sync
+        assert fake.read(buf.device_address - PHYS, 100) == bytes([6]) * 100
+        cached = be.allocate(100, "u1", cacheable=True)
+        assert not cached.coherent
+        del buf, cached
+    FakeUdmabuf(root, name="udmabuf1", sync_mode=None)
+    with pynq_alloc.open_backend("udmabuf:udmabuf1") as be:
+        assert be.info()["coherent"] is False  # truthful: cached memory
+        assert not be.allocate(10).coherent
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"),
                     reason="user-space cache maintenance exists only on x86 and AArch64")
 def test_driver_without_sync_attributes_uses_user_space_maintenance(root):
