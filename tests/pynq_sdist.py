@@ -50,7 +50,8 @@ import pynq_alloc
 PYNQ_VERSION = "4.0.0"
 SDIST = f"pynq-{PYNQ_VERSION}.tar.gz"
 # sha256 of pynq-4.0.0.tar.gz as published on PyPI (pip verifies it on
-# download; we check it again for a cached or user-provided copy)
+# download; we check it again for a cached tarball or one PYNQ_ALLOC_PYNQ_SRC names;
+# a directory there is taken as it is, e.g. a PYNQ checkout)
 SDIST_SHA256 = "1f974f73b2ec473ab8ddcd2f91c7df975b239c3fd62d62bf21d46d1f91cf3f95"
 
 # the files the tests import: a directory missing one is not a PYNQ source tree
@@ -143,6 +144,10 @@ def pynq_source() -> Path:
     if env:
         p = Path(env)
         if p.is_file():
+            digest = _sha256(p)
+            if digest != SDIST_SHA256:
+                raise Unavailable(f"PYNQ_ALLOC_PYNQ_SRC={env} has sha256 {digest}, not that of "
+                                  f"PyPI's {SDIST} ({SDIST_SHA256})")
             into = cache_dir()
             into.mkdir(parents=True, exist_ok=True)
             return _extract(p, into)

@@ -8,7 +8,8 @@ from the sdist at test time (``OFFSET_TESTS`` and ``BUFFER_ADDRESS``), with the
 outcome observed in memory through the sim backend (what the device sees after
 ``flush()``, what the CPU sees after ``invalidate()``).
 
-Differences from PYNQ's expectations, each on purpose (see README, "PYNQ migration"):
+Differences from PYNQ's expectations, each on purpose (D2 is README's "From PYNQ"
+default; the others are listed here):
 
 D1. No ``bo`` attribute: pynq_alloc has no XRT buffer-object handle.
 D2. Coherency comes from the allocation, not from a mock: ``cacheable=True`` gives
