@@ -530,8 +530,9 @@ class FrameMemory:
     recycled frame is a new wrap of a pointer the cache hands back.
     """
 
-    def __init__(self, backend):
+    def __init__(self, backend, address_bits=None):
         self.backend = backend
+        self.address_bits = address_bits  # e.g. 32 for a bank serving 32-bit engines
         self.calls = []  # the keyword arguments each allocate() got
         self.fresh = 0
 
@@ -539,8 +540,9 @@ class FrameMemory:
         self.calls.append({"cacheable": cacheable, "pointer": pointer, "cache": cache})
         if pointer is None:
             self.fresh += 1
+            limit = {} if self.address_bits is None else {"address_bits": self.address_bits}
             pointer = pynq_alloc.allocate(shape, dtype, target=self.backend,
-                                          cacheable=bool(cacheable))
+                                          cacheable=bool(cacheable), **limit)
         if cache is None:
             return pointer
         mem = pointer

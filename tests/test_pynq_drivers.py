@@ -340,9 +340,9 @@ def test_hls_argument_packing_cacheable_with_sync(pq, be):
 # ------------------------------------------------------------------ video DMA
 
 
-def make_vdma(pq, backend, framecount=4):
+def make_vdma(pq, backend, framecount=4, address_bits=None):
     model = AxiVdmaModel(backend, VDMA_BASE, framecount)
-    memory = FrameMemory(backend)
+    memory = FrameMemory(backend, address_bits=address_bits)
     bus = ModelBus(backend, [model], default_memory=memory)
     vdma = pq.vdma.AxiVDMA(model.description(bus))
     return model, memory, vdma
@@ -414,3 +414,54 @@ def test_vdma_writeframe(pq, be):
             assert shown == frame_bytes(k, mode)
     finally:
         ch.stop()
+
+
+@pytest.fixture
+def be_straddling():
+    """A checked sim whose memory straddles 4 GiB: 2 MiB below, 14 MiB above."""
+    backend = pynq_alloc.open_backend("sim", size=16 << 20, base_address=0xFFE0_0000,
+                                      check="raise")
+    yield backend
+    backend.close()
+
+
+def test_vdma_32bit_engine_frames_below_4gib(pq, be_straddling):
+    """Xilinx/PYNQ#1500: a 32-bit DMA engine on a board with memory above 4 GiB.
+    A frame memory that allocates with address_bits=32 gives PYNQ's VDMA (which
+    refuses 64-bit address widths) frames it can address."""
+    model, memory, vdma = make_vdma(pq, be_straddling, address_bits=32)
+    mode = pq.video_common.VideoMode(64, 16, 24)
+    ch = vdma.readchannel
+    ch.mode = mode
+    ch.start()
+    try:
+        for i in range(4):
+            assert ch._frames[i].device_address + ch._frames[i].nbytes <= 1 << 32
+        for k in range(4):
+            model.capture(frame_bytes(k, mode))
+        frame = ch.readframe()
+        assert frame.tobytes() == frame_bytes(2, mode)
+        del frame
+    finally:
+        ch.stop()
+
+
+def test_vdma_32bit_engine_low_memory_taken(pq, be_straddling):
+    """The same with the memory below 4 GiB already taken: without a limit the
+    frames land above 4 GiB and PYNQ's own MMIO write of the 32-bit frame-store
+    register refuses the address; with address_bits=32 allocation fails first,
+    with a MemoryError that names the limit."""
+    filler = be_straddling.allocate(2 << 20, "u1")
+    assert filler.device_address == 0xFFE0_0000  # everything below 4 GiB
+    model, memory, vdma = make_vdma(pq, be_straddling)
+    vdma.readchannel.mode = pq.video_common.VideoMode(64, 16, 24)
+    with pytest.raises(struct.error):
+        vdma.readchannel.start()
+    assert memory.calls and all(c["pointer"] is None for c in memory.calls)
+    vdma.readchannel.stop()
+
+    model, memory, vdma = make_vdma(pq, be_straddling, address_bits=32)
+    vdma.readchannel.mode = pq.video_common.VideoMode(64, 16, 24)
+    with pytest.raises(MemoryError, match="address_bits"):
+        vdma.readchannel.start()
+    del filler
