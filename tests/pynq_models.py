@@ -1,8 +1,8 @@
 """Register models of the IP that PYNQ's drivers talk to, written for pynq_alloc's tests.
 
-Each model is a block of 32-bit registers that PYNQ's own ``MMIO`` reaches through
-``ModelBus`` (a device with PYNQ's ``REGISTER_RW`` capability, as in PYNQ's test
-``MockIPDevice``). The models move data the way the hardware does: by device
+Each model is a block of 32-bit registers with PYNQ's test-IP interface
+(``lo_address``, ``hi_address``, ``read(offset, length)``, ``write(offset, data)``),
+so PYNQ's own ``MockIPDevice`` routes its ``MMIO`` accesses to it. The models move data the way the hardware does: by device
 address, through the sim backend's ``device_read`` / ``device_write``, so the sim
 checker sees every access the real DMA engine would make.
 
@@ -65,46 +65,18 @@ class RegisterModel:
         self.backend.device_write(addr, bytes(data))
 
 
-class ModelBus:
-    """The ``device`` PYNQ's DefaultIP and MMIO are given.
+class DeviceMemory:
+    """A device's default memory bank, as PYNQ's ``Device.allocate`` uses it
+    (``self.default_memory.allocate(shape, dtype, **kwargs)``): served by
+    ``pynq_alloc.allocate`` on the backend, with the keywords passed on as given.
+    PYNQ's SG DMA allocates its descriptors this way (``target=self.device``)."""
 
-    Registers: PYNQ's ``REGISTER_RW`` capability (``read_registers`` /
-    ``write_registers`` by absolute address), routed to the model that owns the
-    address. Memory: PYNQ's ``Device.allocate(shape, dtype, **kwargs)`` contract
-    (the SG DMA allocates its descriptors with ``target=self.device``), served by
-    ``pynq_alloc.allocate`` on the backend, with PYNQ's keywords passed on as given.
-    ``default_memory`` is what PYNQ's video DMA allocates its frames from.
-    """
-
-    def __init__(self, backend, models=(), default_memory=None):
+    def __init__(self, backend):
         self.backend = backend
-        self.models = list(models)
-        self.capabilities = {"REGISTER_RW": True}
-        self.default_memory = default_memory
-        self.allocations = []
-
-    def has_capability(self, cap):
-        return bool(self.capabilities.get(cap, False))
-
-    def _find(self, address, length):
-        for m in self.models:
-            if m.lo_address <= address < m.hi_address:
-                if address + length > m.hi_address:
-                    raise ModelError(f"register access {address:#x}+{length} crosses the end "
-                                     f"of {type(m).__name__}")
-                return m
-        raise ModelError(f"no IP at register address {address:#x}")
-
-    def read_registers(self, address, length):
-        m = self._find(address, length)
-        return m.read(address - m.lo_address, length)
-
-    def write_registers(self, address, data):
-        m = self._find(address, len(data))
-        m.write(address - m.lo_address, data)
+        self.calls = []
 
     def allocate(self, shape, dtype, **kwargs):
-        self.allocations.append((shape, dtype, dict(kwargs)))
+        self.calls.append((shape, dtype, dict(kwargs)))
         return pynq_alloc.allocate(shape, dtype, target=self.backend, **kwargs)
 
 
@@ -147,7 +119,7 @@ class AxiDmaModel(RegisterModel):
         self.tx_packet = bytearray()
         self.descriptors_done = []  # (channel, descriptor address, status word)
 
-    def description(self, bus, data_width=32, sg_length_width=None, interrupts=False):
+    def description(self, device, data_width=32, sg_length_width=None, interrupts=False):
         """The ip_dict entry PYNQ builds from a .hwh for this IP."""
         params = {
             "c_include_sg": "1" if self.sg else "0",
@@ -162,7 +134,7 @@ class AxiDmaModel(RegisterModel):
         if sg_length_width is not None:
             params["c_sg_length_width"] = str(sg_length_width)
         return {
-            "device": bus,
+            "device": device,
             "phys_addr": self.lo_address,
             "addr_range": self.hi_address - self.lo_address,
             "parameters": params,
@@ -354,7 +326,7 @@ class HlsVaddModel(RegisterModel):
         self.ctrl = 0x4  # ap_idle
         self.runs = []
 
-    def description(self, bus):
+    def description(self, device):
         """The ip_dict entry, with the "registers" PYNQ reads from a .hwh."""
         bit = lambda off, access: {"bit_offset": off, "bit_width": 1, "access": access,  # noqa
                                    "description": ""}
@@ -364,7 +336,7 @@ class HlsVaddModel(RegisterModel):
         registers["CTRL"]["fields"] = {"AP_START": bit(0, "read-write"),
                                        "AP_DONE": bit(1, "read-only"),
                                        "AP_IDLE": bit(2, "read-only")}
-        return {"device": bus, "phys_addr": self.lo_address,
+        return {"device": device, "phys_addr": self.lo_address,
                 "addr_range": self.hi_address - self.lo_address, "interrupts": {},
                 "gpio": {}, "type": "xilinx.com:hls:vadd:1.0",
                 "registers": registers, "fullpath": "vadd_0"}
@@ -429,9 +401,9 @@ class AxiVdmaModel(RegisterModel):
         self.mm2s_cur = 0  # RdFrmStore
         self.written = {}  # device address of a frame store -> the bytes captured there
 
-    def description(self, bus):
+    def description(self, device):
         return {
-            "device": bus, "phys_addr": self.lo_address,
+            "device": device, "phys_addr": self.lo_address,
             "addr_range": self.hi_address - self.lo_address,
             "parameters": {"C_INCLUDE_S2MM": "1", "C_INCLUDE_MM2S": "1",
                            "C_NUM_FSTORES": str(self.n), "C_M_AXI_S2MM_ADDR_WIDTH": "32",

@@ -14,7 +14,8 @@ extracted copy, in this order:
 ``load_pynq()`` imports PYNQ's modules from that copy *unmodified*: the driver
 modules (``pynq/lib/dma.py``, ``pynq/lib/video/dma.py``, ``pynq/lib/video/common.py``)
 and what they build on (``pynq/overlay.py`` for ``DefaultIP`` and the HLS argument
-packing, ``pynq/mmio.py``, ``pynq/registers.py``, ``pynq/ps.py``, ...). Only the
+packing, ``pynq/mmio.py``, ``pynq/registers.py``, ``pynq/ps.py``,
+``pynq/pl_server/device.py``, ...). Only the
 package ``__init__`` files are not run (they pull in the board runtime: XRT,
 pydantic, the PL server). What is stubbed, and why:
 
@@ -28,6 +29,12 @@ pydantic, the PL server). What is stubbed, and why:
   records the interrupt's path and fails loudly if a driver ever waits on it (the
   register models set status bits before the drivers poll, so none do).
 * ``pynq.ps.ON_TARGET`` is forced to False (off-board).
+
+PYNQ's own ``Device`` (``pynq/pl_server/device.py``) and its test double
+``MockIPDevice`` (the sdist's ``tests/mock_devices.py``) are loaded too: register
+access goes through MockIPDevice to our register models, and ``Device.allocate``
+(``self.default_memory.allocate(shape, dtype, **kwargs)``) is what PYNQ's SG DMA
+calls for its descriptors.
 
 After loading, ``sys.modules`` is restored: the stub ``pynq`` is not left behind
 for other tests.
@@ -63,6 +70,8 @@ NEEDED = (
     "pynq/overlay.py",
     "pynq/mmio.py",
     "pynq/_3rdparty/tinynumpy.py",
+    "pynq/pl_server/device.py",
+    "tests/mock_devices.py",
 )
 
 
@@ -213,7 +222,7 @@ def _module(name, path=None, **attrs):
     return m
 
 
-_PREFIXES = ("pynq", "pynqutils", "pynqmetadata")
+_PREFIXES = ("pynq", "pynqutils", "pynqmetadata", "pynq_sdist_tests")
 
 
 def _ours(name):
@@ -227,6 +236,8 @@ def _load(src: Path):
         "pynq.lib": _module("pynq.lib", pkg / "lib"),
         "pynq.lib.video": _module("pynq.lib.video", pkg / "lib" / "video"),
         "pynq._3rdparty": _module("pynq._3rdparty", pkg / "_3rdparty"),
+        "pynq.pl_server": _module("pynq.pl_server", pkg / "pl_server"),
+        "pynq_sdist_tests": _module("pynq_sdist_tests", pkg.parent / "tests"),
         "pynq.interrupt": _module("pynq.interrupt", Interrupt=_StubInterrupt),
         "pynqutils": _module("pynqutils", Path("/nonexistent")),
         "pynqutils.runtime": _module("pynqutils.runtime", Path("/nonexistent"),
@@ -270,14 +281,19 @@ def _import_all(pkg, stubs):
     top.DefaultIP = overlay.DefaultIP
     top.UnsupportedConfiguration = overlay.UnsupportedConfiguration
     top.Register = registers.Register
+    device = importlib.import_module("pynq.pl_server.device")
+    top.Device = device.Device
+    # PYNQ's own test double for register access (its tests/mock_devices.py)
+    mock_devices = importlib.import_module("pynq_sdist_tests.mock_devices")
     dma = importlib.import_module("pynq.lib.dma")
     vdma = importlib.import_module("pynq.lib.video.dma")
     common = importlib.import_module("pynq.lib.video.common")
-    for mod in (ps, mmio, registers, overlay, dma, vdma, common):
+    for mod in (ps, mmio, registers, overlay, device, mock_devices, dma, vdma, common):
         f = Path(mod.__file__).resolve()
-        assert f.is_relative_to(pkg.resolve()), f"{mod.__name__} came from {f}, not the sdist"
+        assert f.is_relative_to(pkg.parent.resolve()), f"{mod.__name__} came from {f}"
     return types.SimpleNamespace(src=pkg.parent, ps=ps, mmio=mmio, registers=registers,
-                                 overlay=overlay, dma=dma, vdma=vdma, video_common=common)
+                                 overlay=overlay, device=device, mock_devices=mock_devices,
+                                 dma=dma, vdma=vdma, video_common=common)
 
 
 _loaded = None

@@ -3,7 +3,8 @@
 PYNQ 4.0.0's sdist is fetched at test time (tests/pynq_sdist.py; skipped when it
 cannot be, a failure under PYNQ_ALLOC_REQUIRE_TOOLS=1). Its ``AxiDMA``, HLS argument
 packing and video DMA frame cache run against our register models
-(tests/pynq_models.py), which move data by device address with the sim backend's
+(tests/pynq_models.py), reached through PYNQ's own MMIO and test ``MockIPDevice``,
+which move data by device address with the sim backend's
 ``device_read``/``device_write``. The backend checks coherency (``check='raise'``,
 and CoherencyWarning is an error here) and buffers come from the DEFAULT
 allocation, as a PYNQ user's ``pynq.allocate(shape, dtype)`` would make them.
@@ -17,7 +18,7 @@ import numpy as np
 import pytest
 
 import pynq_alloc
-from pynq_models import AxiDmaModel, AxiVdmaModel, FrameMemory, HlsVaddModel, ModelBus
+from pynq_models import AxiDmaModel, AxiVdmaModel, DeviceMemory, FrameMemory, HlsVaddModel
 from pynq_sdist import load_pynq
 
 DMA_BASE = 0x4040_0000
@@ -63,12 +64,21 @@ def xor5a(data):
     return (np.frombuffer(data, np.uint8) ^ 0x5A).tobytes()
 
 
+def make_device(pq, model, memory):
+    """PYNQ's own MockIPDevice (the sdist's tests/mock_devices.py) routing register
+    access to our model; its Device.allocate goes to `memory`."""
+    device = pq.mock_devices.MockIPDevice([model], "pynq_alloc_test")
+    device.default_memory = memory
+    return device
+
+
 def make_dma(pq, backend, sg, sg_length_width=None, interrupts=False):
     model = AxiDmaModel(backend, DMA_BASE, sg=sg, transform=xor5a)
-    bus = ModelBus(backend, [model])
-    dma = pq.dma.DMA(model.description(bus, sg_length_width=sg_length_width,
+    memory = DeviceMemory(backend)
+    device = make_device(pq, model, memory)
+    dma = pq.dma.DMA(model.description(device, sg_length_width=sg_length_width,
                                        interrupts=interrupts))
-    return model, bus, dma
+    return model, memory, dma
 
 
 def run_loopback(dma, inp, out):
@@ -84,8 +94,9 @@ def test_sdist_modules_are_pynqs(pq):
     assert pq.dma.allocate is pynq_alloc.allocate
     assert pq.vdma.allocate is pynq_alloc.allocate
     assert issubclass(pq.dma.DMA, pq.overlay.DefaultIP)
-    for mod in (pq.dma, pq.vdma, pq.overlay, pq.mmio):
+    for mod in (pq.dma, pq.vdma, pq.overlay, pq.mmio, pq.device, pq.mock_devices):
         assert mod.__file__.startswith(str(pq.src))
+    assert issubclass(pq.mock_devices.MockIPDevice, pq.device.Device)
     assert pq.ps.ON_TARGET is False
 
 
@@ -95,7 +106,7 @@ def test_sdist_modules_are_pynqs(pq):
 @pytest.mark.parametrize("sg,sg_length_width", [(False, None), (True, None), (True, 10)],
                          ids=["simple", "sg-2-descriptors", "sg-many-descriptors"])
 def test_axidma_loopback(pq, be, sg, sg_length_width):
-    model, bus, dma = make_dma(pq, be, sg, sg_length_width)
+    model, memory, dma = make_dma(pq, be, sg, sg_length_width)
     assert type(dma.sendchannel).__name__ == ("_SGDMAChannel" if sg else "_SDMAChannel")
     inp = pynq_alloc.allocate((1024,), np.uint32)  # the default allocation, as in PYNQ
     out = pynq_alloc.allocate((1024,), np.uint32)
@@ -115,8 +126,8 @@ def test_axidma_loopback(pq, be, sg, sg_length_width):
         assert sum(s & 0x03FFFFFF for _, _, s in rx) == 4096
         expected = 2 if sg_length_width is None else -(-4096 // 1020)  # blk = 1023 - 1023 % 4
         assert len(tx) == len(rx) == expected
-        # PYNQ allocated them from the device it was given, with no extra keywords
-        assert bus.allocations == [((expected, 16), np.uint32, {})] * 2
+        # PYNQ allocated them through its Device.allocate, with no extra keywords
+        assert memory.calls == [((expected, 16), np.uint32, {})] * 2
     # a second round on the same driver objects works too
     inp[:] = 7
     run_loopback(dma, inp, out)
@@ -127,7 +138,7 @@ def test_axidma_loopback(pq, be, sg, sg_length_width):
 def test_axidma_dirtied_receive_buffer_not_corrupted(pq, be, sg):
     """PYNQ's receive channel never flushes before the transfer: on PYNQ's
     (non-cacheable) memory a buffer the CPU wrote just before is fine."""
-    model, bus, dma = make_dma(pq, be, sg)
+    model, memory, dma = make_dma(pq, be, sg)
     inp = pynq_alloc.allocate(2048, "u4")
     out = pynq_alloc.allocate(2048, "u4")
     inp[:] = np.arange(2048, dtype=np.uint32)
@@ -143,7 +154,7 @@ def test_axidma_dirtied_receive_buffer_not_corrupted(pq, be, sg):
 
 def test_axidma_receive_into_views(pq, be):
     """Transfers into and out of slices: PYNQ uses physical_address of the view."""
-    model, bus, dma = make_dma(pq, be, sg=False)
+    model, memory, dma = make_dma(pq, be, sg=False)
     big_in = pynq_alloc.allocate(4096, "u1")
     big_out = pynq_alloc.allocate(4096, "u1")
     big_in[:] = np.arange(4096) % 251
@@ -159,7 +170,7 @@ def test_axidma_receive_into_views(pq, be):
 def test_axidma_wait_async(pq, be, sg):
     """The interrupt-driven path: PYNQ's wait_async() clears the IOC bit, then
     invalidates and reads the length as wait() does."""
-    model, bus, dma = make_dma(pq, be, sg, interrupts=True)
+    model, memory, dma = make_dma(pq, be, sg, interrupts=True)
     assert dma.sendchannel._interrupt is not None
     inp = pynq_alloc.allocate(512, "u4")
     out = pynq_alloc.allocate(512, "u4")
@@ -180,7 +191,7 @@ def test_axidma_wait_async(pq, be, sg):
 @pytest.mark.parametrize("sg", [False, True], ids=["simple", "sg"])
 def test_axidma_start_and_nbytes(pq, be, sg):
     """transfer(array, start, nbytes): PYNQ adds start to physical_address."""
-    model, bus, dma = make_dma(pq, be, sg)
+    model, memory, dma = make_dma(pq, be, sg)
     inp = pynq_alloc.allocate(4096, "u1")
     out = pynq_alloc.allocate(4096, "u1")
     inp[:] = np.arange(4096) % 253
@@ -197,7 +208,7 @@ def test_axidma_cacheable_receive_needs_flush_checker_says_so(pq, be):
     """The contrast: with cacheable=True (our documented opt-in), PYNQ's receive
     path (no flush before the transfer) over a dirtied buffer is exactly the
     mistake the checker names; the device write is refused with the fix."""
-    model, bus, dma = make_dma(pq, be, sg=False)
+    model, memory, dma = make_dma(pq, be, sg=False)
     inp = pynq_alloc.allocate(1024, "u4", cacheable=True)
     out = pynq_alloc.allocate(1024, "u4", cacheable=True)
     assert not out.coherent
@@ -216,7 +227,7 @@ def test_axidma_sg_on_cacheable_memory_unchecked_reads_stale_status(pq):
     `transferred` stays 0. (Unchecked backend: this is what a board does.)"""
     backend = pynq_alloc.open_backend("sim", size=8 << 20, cacheable=True)
     try:
-        model, bus, dma = make_dma(pq, backend, sg=True)
+        model, memory, dma = make_dma(pq, backend, sg=True)
         inp = pynq_alloc.allocate(1024, "u4", target=backend)
         out = pynq_alloc.allocate(1024, "u4", target=backend)
         assert not inp.coherent and not out.coherent
@@ -237,7 +248,7 @@ def test_axidma_sg_on_cacheable_memory_checker_reports_flush_for_invalidate(pq, 
     """PYNQ's SG wait() reads descriptor status after flush() where invalidate()
     was meant (harmless on PYNQ's non-cacheable memory). On a backend whose
     default is cacheable, the checker reports it at that flush()."""
-    model, bus, dma = make_dma(pq, be_cached, sg=True)
+    model, memory, dma = make_dma(pq, be_cached, sg=True)
     inp = pynq_alloc.allocate(1024, "u4")
     out = pynq_alloc.allocate(1024, "u4")
     assert not inp.coherent  # the backend's default is cacheable
@@ -257,8 +268,7 @@ def test_axidma_sg_on_cacheable_memory_checker_reports_flush_for_invalidate(pq, 
 
 def hls_ip(pq, backend):
     model = HlsVaddModel(backend, HLS_BASE)
-    bus = ModelBus(backend, [model])
-    ip = pq.overlay.DefaultIP(model.description(bus))
+    ip = pq.overlay.DefaultIP(model.description(make_device(pq, model, DeviceMemory(backend))))
     return model, ip
 
 
@@ -343,8 +353,7 @@ def test_hls_argument_packing_cacheable_with_sync(pq, be):
 def make_vdma(pq, backend, framecount=4, address_bits=None):
     model = AxiVdmaModel(backend, VDMA_BASE, framecount)
     memory = FrameMemory(backend, address_bits=address_bits)
-    bus = ModelBus(backend, [model], default_memory=memory)
-    vdma = pq.vdma.AxiVDMA(model.description(bus))
+    vdma = pq.vdma.AxiVDMA(model.description(make_device(pq, model, memory)))
     return model, memory, vdma
 
 
