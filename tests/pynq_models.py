@@ -524,3 +524,47 @@ class FrameMemory:
 
         return pynq_alloc.wrap(mem, mem.device_address, coherent=mem.coherent,
                                backend=self.backend, on_free=give_back)
+
+
+# ------------------------------------------------------------------ MicroBlaze RPC
+
+
+class MicroblazeVaddModel:
+    """The stream of a PYNQ MicroBlaze running the RPC server PYNQ's rpc.py generates
+    for ``int vadd(void *a, void *b, void *out, unsigned int n)`` (function index 0).
+
+    ``write()`` gets what ``_function_wrapper`` sends: the function index (int), each
+    ``void*`` as the unsigned int the generated C reads (it ORs in ``ptr_offset``,
+    rpc.PTR_OFFSET, the window through which the MicroBlaze sees the PS's memory),
+    then ``n``. The model adds a and b into out by device address and queues the
+    reply the generated C writes: return command 0, then the int result (n).
+    """
+
+    def __init__(self, backend, ptr_offset=0):
+        self.backend = backend
+        self.ptr_offset = ptr_offset
+        self.reply = bytearray()
+        self.calls = []
+
+    def _device_address(self, value):
+        return (value | self.ptr_offset) - self.ptr_offset
+
+    def write(self, data):
+        index, a, b, out, n = struct.unpack("<iIIII", bytes(data))
+        if index != 0:
+            raise ModelError(f"MicroBlaze: no function with index {index}")
+        a, b, out = (self._device_address(v) for v in (a, b, out))
+        self.calls.append((a, b, out, n))
+        va = struct.unpack(f"<{n}i", self.backend.device_read(a, 4 * n))
+        vb = struct.unpack(f"<{n}i", self.backend.device_read(b, 4 * n))
+        res = [((x + y + 2**31) % 2**32) - 2**31 for x, y in zip(va, vb)]
+        self.backend.device_write(out, struct.pack(f"<{n}i", *res))
+        self.reply += bytes([0]) + struct.pack("<i", n)
+
+    def read(self, n):
+        if len(self.reply) < n:
+            raise ModelError(f"MicroBlaze: {n} bytes read, {len(self.reply)} available "
+                             "(the driver would block forever)")
+        data = bytes(self.reply[:n])
+        del self.reply[:n]
+        return data

@@ -230,8 +230,7 @@ def _ours(name):
     return any(name == p or name.startswith(p + ".") for p in _PREFIXES)
 
 
-def _load(src: Path):
-    pkg = src / "pynq"
+def _stubs(pkg: Path):
     stubs = {
         "pynq": _module("pynq", pkg, allocate=pynq_alloc.allocate, __version__=PYNQ_VERSION),
         "pynq.lib": _module("pynq.lib", pkg / "lib"),
@@ -252,8 +251,22 @@ def _load(src: Path):
         "pynqmetadata.views.runtime.append_drivers_pass": _module(
             "pynqmetadata.views.runtime.append_drivers_pass",
             bind_drivers_to_metadata=_not_off_board("bind_drivers_to_metadata")),
+        # the MicroBlaze package's __init__ and compile.py need the BSPs and mb-gcc;
+        # rpc.py only takes two names from them
+        "pynq.lib.pynqmicroblaze": _module(
+            "pynq.lib.pynqmicroblaze", pkg / "lib" / "pynqmicroblaze",
+            MicroblazeProgram=type("MicroblazeProgram", (), {
+                "__init__": _not_off_board("MicroblazeProgram")})),
+        "pynq.lib.pynqmicroblaze.compile": _module(
+            "pynq.lib.pynqmicroblaze.compile", preprocess=_not_off_board("preprocess")),
     }
     stubs["pynqutils"].runtime = stubs["pynqutils.runtime"]
+    return stubs
+
+
+def _with_stubs(pkg: Path, fn):
+    """Run fn(stubs) with the stub modules in sys.modules, then restore sys.modules."""
+    stubs = _stubs(pkg)
     saved = {k: v for k, v in sys.modules.items() if _ours(k)}
     for k in saved:
         del sys.modules[k]
@@ -264,11 +277,16 @@ def _load(src: Path):
             # pynq/gpio.py warns at import on a CPU that is not a Zynq's
             warnings.filterwarnings("ignore", "Pynq does not support the CPU Architecture",
                                     ResourceWarning)
-            return _import_all(pkg, stubs)
+            return fn(stubs)
     finally:
         for k in [k for k in sys.modules if _ours(k)]:
             del sys.modules[k]
         sys.modules.update(saved)
+
+
+def _load(src: Path):
+    pkg = src / "pynq"
+    return _with_stubs(pkg, lambda stubs: _import_all(pkg, stubs))
 
 
 def _import_all(pkg, stubs):
@@ -320,3 +338,32 @@ def load_pynq():
             pytest.fail(f"{msg} (PYNQ_ALLOC_REQUIRE_TOOLS=1)", pytrace=False)
         pytest.skip(msg)
     return _loaded
+
+
+_rpc = None
+
+
+def load_microblaze_rpc():
+    """PYNQ's MicroBlaze RPC module (``pynq/lib/pynqmicroblaze/rpc.py``, unmodified),
+    which packs ``physical_address`` of buffers passed as ``void*``. Needs pycparser
+    (a PYNQ dependency): skipped without it, a failure under PYNQ_ALLOC_REQUIRE_TOOLS=1."""
+    global _rpc
+    src = load_pynq().src
+    if _rpc is None:
+        try:
+            import pycparser  # noqa: F401
+        except ImportError:
+            msg = "pycparser is not installed (pip install pycparser); PYNQ's rpc.py needs it"
+            if os.environ.get("PYNQ_ALLOC_REQUIRE_TOOLS") == "1":
+                pytest.fail(f"{msg} (PYNQ_ALLOC_REQUIRE_TOOLS=1)", pytrace=False)
+            pytest.skip(msg)
+        pkg = src / "pynq"
+
+        def imp(stubs):
+            importlib.import_module("pynq.ps").ON_TARGET = False
+            rpc = importlib.import_module("pynq.lib.pynqmicroblaze.rpc")
+            assert Path(rpc.__file__).resolve().is_relative_to(pkg.resolve())
+            return rpc
+
+        _rpc = _with_stubs(pkg, imp)
+    return _rpc

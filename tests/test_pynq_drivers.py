@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import pynq_alloc
-from pynq_models import AxiDmaModel, AxiVdmaModel, DeviceMemory, FrameMemory, HlsVaddModel
-from pynq_sdist import load_pynq
+from pynq_models import (AxiDmaModel, AxiVdmaModel, DeviceMemory, FrameMemory, HlsVaddModel,
+                         MicroblazeVaddModel)
+from pynq_sdist import load_microblaze_rpc, load_pynq
 
 DMA_BASE = 0x4040_0000
 HLS_BASE = 0x43C0_0000
@@ -345,6 +346,57 @@ def test_hls_argument_packing_cacheable_with_sync(pq, be):
     hls_start(pq, ip, a, b, out, 64).wait()
     out.invalidate()
     assert np.array_equal(out, 5 + np.arange(64))
+
+
+# ------------------------------------------------------------------ MicroBlaze RPC
+
+
+def microblaze_vadd(rpc):
+    """PYNQ's own parse of the C declaration into its argument adapters."""
+    import pycparser
+
+    tree = pycparser.CParser().parse(
+        "int vadd(void *a, void *b, void *out, unsigned int n);", filename="<stdin>")
+    visitor = rpc.FuncDefVisitor()
+    visitor.visit(tree)
+    adapter = visitor.functions["vadd"]
+    assert [type(i).__name__ for i in adapter.arg_interfaces] == [
+        "VoidPointerWrapper", "VoidPointerWrapper", "VoidPointerWrapper", "PrimitiveWrapper"]
+    return adapter
+
+
+def test_microblaze_rpc_void_pointers(pq, be):
+    """PYNQ's MicroBlaze RPC call path (_function_wrapper, FuncAdapter.pack_args,
+    VoidPointerWrapper) passes buffers and views as their physical_address."""
+    rpc = load_microblaze_rpc()
+    adapter = microblaze_vadd(rpc)
+    mb = MicroblazeVaddModel(be, ptr_offset=int(rpc.PTR_OFFSET, 0))
+    a = pynq_alloc.allocate(100, "i4")
+    b = pynq_alloc.allocate(100, "i4")
+    out = pynq_alloc.allocate(100, "i4")
+    a[:] = np.arange(100)
+    b[:] = 1000
+    ret = rpc._function_wrapper(mb, 0, adapter, None, a[10:], b, out[50:], 50)
+    assert ret == 50
+    assert mb.calls == [(a.device_address + 40, b.device_address, out.device_address + 200, 50)]
+    assert np.array_equal(out[50:], np.arange(10, 60) + 1000)
+    assert not out[:50].any()
+
+
+def test_microblaze_rpc_pointer_is_32_bits(pq, be_straddling):
+    """The MicroBlaze takes a void* as 32 bits: a buffer above 4 GiB cannot be
+    passed (PYNQ's struct packing refuses it); address_bits=32 keeps it below."""
+    rpc = load_microblaze_rpc()
+    adapter = microblaze_vadd(rpc)
+    filler = be_straddling.allocate(2 << 20, "u1")  # all memory below 4 GiB
+    high = be_straddling.allocate(16, "i4")
+    assert high.device_address >= 1 << 32
+    with pytest.raises(struct.error):
+        adapter.pack_args(high, high, high, 16)
+    del filler
+    low = be_straddling.allocate(16, "i4", address_bits=32)
+    assert low.device_address + low.nbytes <= 1 << 32
+    assert adapter.pack_args(low, low, low, 16)[:4] == struct.pack("I", low.physical_address)
 
 
 # ------------------------------------------------------------------ video DMA
