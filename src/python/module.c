@@ -362,7 +362,9 @@ static PyObject *pa_wrap(PyObject *module, PyObject *const *args, Py_ssize_t nar
 PyDoc_STRVAR(open_backend_doc,
              "open_backend(spec, **options)\n--\n\n"
              "Open a new backend. spec: 'sim', 'hugepage', ... Options are backend specific, "
-             "e.g. open_backend('sim', size=64 << 20, coherent=False, check='raise').");
+             "e.g. open_backend('sim', size=64 << 20, coherent=False, check='raise'); every "
+             "backend takes cacheable=True (what cacheable=None means for its buffers: cached "
+             "instead of PYNQ's non-cacheable default).");
 
 static PyObject *pa_open_backend(PyObject *module, PyObject *args, PyObject *kwargs)
 {
