@@ -36,7 +36,8 @@ TARGET_PACKAGES="python3.11 libpython3.11-dev python3-numpy python3-pytest"
 PYTEST_SUBSET="tests/test_api.py tests/test_sync.py tests/test_views.py tests/test_lifetime.py
  tests/test_errors.py tests/test_checker.py tests/test_threads.py tests/test_default_backend.py
  tests/test_backend_udmabuf.py tests/test_backend_xlnk.py tests/test_backend_zocl.py
- tests/test_backend_dmaheap.py tests/test_hugepage.py tests/test_32bit.py"
+ tests/test_backend_dmaheap.py tests/test_hugepage.py tests/test_32bit.py
+ tests/test_wrap.py tests/test_address_bits.py tests/test_cacheable_default.py"
 
 log() { echo "[arm $(date +%T)] $*"; }
 

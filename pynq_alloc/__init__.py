@@ -20,6 +20,7 @@ from ._pynq_alloc import (  # noqa: E402
     default_backend,
     open_backend,
     set_default_backend,
+    wrap,
 )
 
 __version__ = "0.1.0"
@@ -33,4 +34,5 @@ __all__ = [
     "default_backend",
     "open_backend",
     "set_default_backend",
+    "wrap",
 ]

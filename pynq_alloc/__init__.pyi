@@ -1,5 +1,15 @@
 from types import TracebackType
-from typing import Any, Optional, Sequence, SupportsIndex, Union, final
+from typing import (
+    Any,
+    Callable,
+    Literal,
+    Optional,
+    Sequence,
+    SupportsIndex,
+    Union,
+    final,
+    overload,
+)
 
 import numpy as np
 import numpy.typing as npt
@@ -14,9 +24,12 @@ __all__ = [
     "default_backend",
     "open_backend",
     "set_default_backend",
+    "wrap",
 ]
 
 _Shape = Union[SupportsIndex, Sequence[SupportsIndex]]
+# None (PYNQ's default: non-cacheable where the backend can map it), True/1, False/0
+_Cacheable = Union[None, bool, Literal[0, 1]]
 
 class CoherencyWarning(UserWarning): ...
 class CoherencyError(RuntimeError): ...
@@ -33,12 +46,13 @@ class Backend:
         shape: _Shape,
         dtype: npt.DTypeLike = "u4",
         *,
-        cacheable: Optional[bool] = None,
+        cacheable: _Cacheable = None,
         align: Optional[int] = None,
+        address_bits: Optional[int] = None,
     ) -> Buffer: ...
     def info(self) -> dict[str, Any]: ...
     def close(self) -> None: ...
-    def device_read(self, device_address: int, nbytes: int) -> bytes: ...
+    def device_read(self, device_address: int, nbytes: int, *, check: bool = True) -> bytes: ...
     def device_write(self, device_address: int, data: Any) -> None: ...
     def __enter__(self) -> Backend: ...
     def __exit__(
@@ -89,14 +103,35 @@ class Buffer(np.ndarray[Any, np.dtype[Any]]):
     def ravel(self, order: Any = ...) -> Buffer: ...
     def copy(self, order: Any = ...) -> Buffer: ...
 
+@overload
 def allocate(
     shape: _Shape,
     dtype: npt.DTypeLike = "u4",
-    target: Union[None, str, Backend, Any] = None,
+    target: Union[None, str, Backend] = None,
     *,
-    cacheable: Optional[bool] = None,
+    cacheable: _Cacheable = None,
     align: Optional[int] = None,
+    address_bits: Optional[int] = None,
 ) -> Buffer: ...
-def open_backend(spec: str, **options: Union[str, int, bool]) -> Backend: ...
+@overload
+def allocate(
+    shape: Any,
+    dtype: Any = "u4",
+    target: Any = None,
+    *,
+    cacheable: Any = None,
+    align: Any = None,
+    address_bits: Any = None,
+    **kwargs: Any,  # a foreign target's own keywords (PYNQ's pointer=, cache=), unchanged
+) -> Any: ...  # what the foreign target's allocate() returns
+def wrap(
+    obj: Any,
+    device_address: int,
+    *,
+    coherent: Optional[bool] = True,
+    backend: Optional[Backend] = None,
+    on_free: Optional[Callable[[Any], object]] = None,
+) -> Buffer: ...
+def open_backend(spec: str, **options: Union[None, str, int, bool]) -> Backend: ...
 def default_backend() -> Backend: ...
 def set_default_backend(spec_or_backend: Union[None, str, Backend]) -> None: ...

@@ -9,11 +9,21 @@ from . import _pynq_alloc, allocate, default_backend, open_backend
 
 
 def demo(args):
-    """Allocate, write, flush, let the device read and write, invalidate, read back."""
-    backend = default_backend() if args.backend is None else open_backend(args.backend)
-    print(f"backend: {backend.name} ({backend.spec}), coherent by default: {backend.coherent}")
-    buf = allocate(shape=(8,), dtype="u4", target=backend)
-    print(f"allocated {buf.nbytes} bytes at device_address 0x{buf.device_address:x}")
+    """Allocate, write, flush, let the device read and write, invalidate, read back.
+
+    The buffer is cacheable (PYNQ's default is non-cacheable, where flush() and
+    invalidate() are no-ops): the round trip shows what they are for."""
+    try:
+        backend = default_backend() if args.backend is None else open_backend(args.backend)
+        buf = allocate(shape=(8,), dtype="u4", target=backend, cacheable=True)
+    except (ValueError, TypeError, OSError, MemoryError, NotImplementedError,
+            RuntimeError) as exc:
+        print(f"python -m pynq_alloc demo: {exc}", file=sys.stderr)
+        return 2
+    print(f"backend: {backend.name} ({backend.spec}), default buffers coherent: "
+          f"{backend.coherent}")
+    print(f"allocated {buf.nbytes} bytes at device_address 0x{buf.device_address:x} "
+          f"(cacheable=True, coherent: {buf.coherent})")
     buf[:] = np.arange(8, dtype="u4") * 3
     buf.flush()
     print(f"CPU wrote {buf.tolist()} and flushed")
@@ -65,8 +75,8 @@ def info(args):
         if "total" in row:
             print(
                 f"{'':10s} total {row['total']} B, free {row['free']} B, largest free "
-                f"{row['largest_free']} B, coherent {row['coherent']}, cache line "
-                f"{row['cache_line_size']} B"
+                f"{row['largest_free']} B, coherent {row['coherent']}, cacheable by "
+                f"default {row['cacheable']}, cache line {row['cache_line_size']} B"
             )
     return 0
 

@@ -10,6 +10,7 @@ from . import (
     default_backend as default_backend,
     open_backend as open_backend,
     set_default_backend as set_default_backend,
+    wrap as wrap,
 )
 
 known_backends: str

@@ -19,7 +19,7 @@ Fixtures:
 ``pynq_alloc_backend``
     the session's backend.
 ``dma_buffer``
-    a factory: ``dma_buffer(shape, dtype='u4', cacheable=None, align=None)``
+    a factory: ``dma_buffer(shape, dtype='u4', cacheable=None, align=None, address_bits=None)``
     allocates a :class:`pynq_alloc.Buffer` from that backend.
 
 Every test that uses either fixture is checked for leaks: a buffer of the
@@ -248,7 +248,7 @@ def pynq_alloc_backend(pytestconfig: pytest.Config) -> pynq_alloc.Backend:
 def dma_buffer(
     request: pytest.FixtureRequest, pynq_alloc_backend: pynq_alloc.Backend
 ) -> Callable[..., pynq_alloc.Buffer]:
-    """A factory: ``dma_buffer(shape, dtype='u4', *, cacheable=None, align=None)``."""
+    """A factory: ``dma_buffer(shape, dtype='u4', *, cacheable=None, align=None, address_bits=None)``."""
     records = request.node.stash.setdefault(_records_key, [])
 
     def dma_buffer(shape: Any, dtype: Any = "u4", **kwargs: Any) -> pynq_alloc.Buffer:

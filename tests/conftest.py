@@ -12,9 +12,12 @@ import pynq_alloc  # noqa: E402
 LINE = 64
 
 
+# `sim` and `checked` test cache semantics, so their buffers are cacheable
+# (non-coherent) by default; PYNQ's own default (non-cacheable, coherent) is
+# what `sim_default` gives and what test_cacheable_default.py pins down.
 @pytest.fixture
 def sim():
-    be = pynq_alloc.open_backend("sim", size=16 << 20)
+    be = pynq_alloc.open_backend("sim", size=16 << 20, cacheable=True)
     yield be
     be.close()
 
@@ -27,8 +30,15 @@ def sim_coherent():
 
 
 @pytest.fixture
+def sim_default():
+    be = pynq_alloc.open_backend("sim", size=16 << 20)
+    yield be
+    be.close()
+
+
+@pytest.fixture
 def checked():
-    be = pynq_alloc.open_backend("sim", size=16 << 20, check="raise")
+    be = pynq_alloc.open_backend("sim", size=16 << 20, check="raise", cacheable=True)
     yield be
     be.close()
 

@@ -446,17 +446,21 @@ def test_cacheable_false_uses_a_write_combine_heap(emul, real_memory):
     res = emul.result(r'''
 be = pynq_alloc.open_backend("dmaheap", coherent=False)
 wc = be.allocate(5000, "u1", cacheable=False)
-cached = be.allocate(5000, "u1")
+cached = be.allocate(5000, "u1", cacheable=True)
+dflt = be.allocate(5000, "u1")
 check_contiguous(wc)
 mark = len(log())
 wc[:] = 4
 wc.flush()
 wc.invalidate()
 result(wc_heap=dmabuf_of(wc)["heap"], wc_coherent=wc.coherent, syncs=syncs(mark),
-       cached_heap=dmabuf_of(cached)["heap"], cached_coherent=cached.coherent)
+       cached_heap=dmabuf_of(cached)["heap"], cached_coherent=cached.coherent,
+       dflt=[dmabuf_of(dflt)["heap"], dflt.coherent, be.coherent, be.info()["coherent"]])
 ''')
+    # cacheable=None is PYNQ's non-cacheable: the write-combine heap, coherent
     assert res == {"wc_heap": "cma-uncached", "wc_coherent": True, "syncs": [],
-                   "cached_heap": "linux,cma", "cached_coherent": False}
+                   "cached_heap": "linux,cma", "cached_coherent": False,
+                   "dflt": ["cma-uncached", True, True, True]}
     emul.released_everything()
 
 
@@ -470,8 +474,12 @@ try:
 except NotImplementedError as e:
     refused = str(e)
 snooped = pynq_alloc.open_backend("dmaheap", coherent=True).allocate(100, cacheable=False)
-result(refused=refused, snooped=[snooped.coherent, dmabuf_of(snooped)["heap"]])
+dflt = be.allocate(100)
+result(refused=refused, snooped=[snooped.coherent, dmabuf_of(snooped)["heap"]],
+       dflt=[dflt.coherent, dmabuf_of(dflt)["heap"], be.coherent, be.info()["coherent"]])
 ''')
+    # cacheable=None where no heap maps write-combine: cached memory, and it says so
+    assert res["dflt"] == [False, "linux,cma", False, False]
     # a non-snooping device and no write-combine heap: say so rather than hand out cached memory
     assert "cacheable=False" in res["refused"] and "write-combine" in res["refused"]
     assert "uncached_heap" in res["refused"]
@@ -517,7 +525,10 @@ def test_heap_selection_order(emul, real_memory, heaps, chosen):
     res = emul.result(r'''
 rows = {r[0]: r for r in pynq_alloc._pynq_alloc._probe()}
 be = pynq_alloc.open_backend("dmaheap")
-buf = be.allocate(100)
+try:
+    buf = be.allocate(100, cacheable=True)  # the main heap (cacheable=None prefers a wc one)
+except NotImplementedError:
+    buf = be.allocate(100)  # the main heap is write-combine: all there is
 result(heap=dmabuf_of(buf)["heap"], probe=rows["dmaheap"][3], usable=rows["dmaheap"][1])
 ''')
     assert res["heap"] == chosen
@@ -853,4 +864,29 @@ result(before=before, mid=mid, after=counts())
     assert mid["fds"] > before["fds"] and mid["dmabuf_maps"] > 0
     assert after == before
     assert after["dmabuf_maps"] == 0
+    emul.released_everything()
+
+
+# --------------------------------------------------------------------------------------
+# address_bits: the heap's memory lies where the kernel put it: checked, never handed out
+
+
+def test_address_bits_checks_heap_memory(emul, real_memory):
+    emul.heaps("linux,cma")
+    res = emul.result(r'''
+be = pynq_alloc.open_backend("dmaheap")
+try:
+    be.allocate(100, address_bits=12)
+    msg = None
+except MemoryError as e:
+    msg = str(e)
+ok = be.allocate(100, address_bits=64)
+info = be.info()
+result(msg=msg, buffers=info["buffers"], ok=ok.device_address > 0,
+       range=[info["lowest_address"], info["highest_address"]])
+''')
+    assert res["msg"] is not None and "dmaheap backend got 400 bytes" in res["msg"]
+    assert "above the limit 0xfff" in res["msg"] and "shared-dma-pool" in res["msg"]
+    assert res["buffers"] == 1 and res["ok"]
+    assert res["range"] == [None, None]  # the kernel decides, per allocation
     emul.released_everything()

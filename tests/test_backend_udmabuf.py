@@ -111,7 +111,7 @@ def fake(root):
 
 @pytest.fixture
 def be(fake):
-    b = pynq_alloc.open_backend("udmabuf")
+    b = pynq_alloc.open_backend("udmabuf", cacheable=True)
     yield b
     b.close()
 
@@ -163,7 +163,7 @@ VIEWS = {
 
 def test_addresses_data_and_zeroing(root):
     fake = FakeUdmabuf(root, fill=0xAA)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         a = be.allocate(1000, "u1")
         b = be.allocate((4, 4), "u4")
         for buf in (a, b):
@@ -204,7 +204,7 @@ def test_region_full_is_a_memory_error(be, fake):
 
 def test_region_size_need_not_be_a_page_multiple(root):
     FakeUdmabuf(root, size=10_000)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         assert be.info()["total"] == 10_000 // 64 * 64
         buf = be.allocate(9_000, "u1", align=64)
         buf[:] = 3
@@ -252,7 +252,7 @@ def test_one_shot_value_is_what_the_driver_parses(be, fake):
 def test_stored_range_for_old_drivers(root, version, view):
     fake = FakeUdmabuf(root, version=version, cls="udmabuf")  # the old module's class
     make, rel, size = VIEWS[view]
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         buf = be.allocate((16, 256), "u1")
         base = buf.device_address - PHYS
         assert fake.stored() == (base, 4096, 1) and fake.attr("sync_for_device") == "1"
@@ -275,7 +275,7 @@ def test_stored_range_is_put_back_at_close(root):
     fake.put("sync_offset", "0x1f000")
     fake.put("sync_size", "8192")
     fake.put("sync_direction", "2")
-    be = pynq_alloc.open_backend("udmabuf")
+    be = pynq_alloc.open_backend("udmabuf", cacheable=True)
     buf = be.allocate(64, "u1")
     buf.flush()
     assert fake.stored() == (buf.device_address - PHYS, 64, 1)
@@ -290,7 +290,7 @@ def test_offsets_beyond_4_gib_use_the_stored_range(root):
     """The one-shot value holds a 32-bit offset: a block at 4 GiB falls back to
     sync_offset/sync_size/sync_direction (sparse 4 GiB region, 1 GiB alignment)."""
     fake = FakeUdmabuf(root, size=4 * GB + MB)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         bufs = [be.allocate(64, "u1", align=GB) for _ in range(5)]
         offs = [b.device_address - PHYS for b in bufs]
         assert offs == [0, GB, 2 * GB, 3 * GB, 4 * GB]
@@ -309,7 +309,7 @@ def test_offsets_beyond_4_gib_use_the_stored_range(root):
 
 IOCTL_CODE = """
 import json, pynq_alloc
-be = pynq_alloc.open_backend('udmabuf')
+be = pynq_alloc.open_backend('udmabuf', cacheable=True)
 buf = be.allocate((16, 256), 'u1')
 views = {views}
 base = buf.device_address - {phys}
@@ -342,7 +342,7 @@ def test_ioctl_beyond_4_gib_uses_set_sync(root, shim, tmp_path):
     fake = FakeUdmabuf(root, size=4 * GB + MB)
     code = """
 import pynq_alloc
-be = pynq_alloc.open_backend('udmabuf')
+be = pynq_alloc.open_backend('udmabuf', cacheable=True)
 bufs = [be.allocate(64, 'u1', align=1 << 30) for _ in range(5)]
 bufs[4].flush()
 bufs[4][1:2].invalidate()
@@ -357,7 +357,7 @@ bufs[4][1:2].invalidate()
 def test_ioctl_failure_is_reported_and_nothing_leaks(fake, shim, tmp_path):
     code = """
 import pynq_alloc
-be = pynq_alloc.open_backend('udmabuf')
+be = pynq_alloc.open_backend('udmabuf', cacheable=True)
 try:
     be.allocate(64)
 except OSError as e:
@@ -374,7 +374,7 @@ print(be.info()['buffers'], be.info()['used'])
 def test_ioctl_write_combine_purges_the_cached_lines_first(fake, shim, tmp_path):
     code = """
 import pynq_alloc
-be = pynq_alloc.open_backend('udmabuf')
+be = pynq_alloc.open_backend('udmabuf', cacheable=True)
 a = be.allocate(100, 'u1', align=64)
 b = be.allocate(100, 'u1', cacheable=False)
 print(a.device_address - {phys}, b.device_address - {phys})
@@ -391,7 +391,7 @@ b.flush()
 
 def test_dma_coherent_device_needs_no_sync(root):
     fake = FakeUdmabuf(root, coherent=1)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         assert be.coherent and be.info()["coherent"]
         buf = be.allocate((16, 256), "u1")
         wc = be.allocate(100, "u1", cacheable=False)
@@ -407,7 +407,7 @@ def test_dma_coherent_device_needs_no_sync(root):
 
 def test_sync_always_write_combine_makes_every_buffer_coherent(root):
     fake = FakeUdmabuf(root, sync_mode=6)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         buf = be.allocate(64)
         assert buf.coherent and be.coherent
         buf.flush()
@@ -417,7 +417,7 @@ def test_sync_always_write_combine_makes_every_buffer_coherent(root):
 def test_sync_always_device_memory_is_refused(root):
     FakeUdmabuf(root, sync_mode=5)
     with pytest.raises(ValueError, match=r"(?s)sync-always.*Device memory.*write 6"):
-        pynq_alloc.open_backend("udmabuf")
+        pynq_alloc.open_backend("udmabuf", cacheable=True)
 
 
 def fd_flags(path):
@@ -492,7 +492,7 @@ def test_write_combine_pages_return_to_cached_use(be, fake):
 
 def test_sync_mode_is_put_back_at_close(root):
     fake = FakeUdmabuf(root, sync_mode=3)
-    be = pynq_alloc.open_backend("udmabuf")
+    be = pynq_alloc.open_backend("udmabuf", cacheable=True)
     buf = be.allocate(10, cacheable=False)
     assert fake.attr("sync_mode") == "2"
     del buf
@@ -503,18 +503,42 @@ def test_sync_mode_is_put_back_at_close(root):
 
 def test_write_combine_needs_sync_mode(root):
     FakeUdmabuf(root, sync_mode=None)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         with pytest.raises(NotImplementedError, match="no sync_mode attribute"):
             be.allocate(10, cacheable=False)
         assert be.info()["buffers"] == 0
         be.allocate(10)
 
 
+def test_default_is_write_combine_where_the_driver_can_map_it(root):
+    """cacheable=None is PYNQ's non-cacheable: write-combine pages (sync_mode), coherent,
+    never synced; without sync_mode it falls back to cached memory and says so."""
+    fake = FakeUdmabuf(root)
+    with pynq_alloc.open_backend("udmabuf") as be:
+        assert be.info()["coherent"] is True and be.info()["cacheable"] is False
+        buf = be.allocate(100, "u1")
+        assert buf.coherent and not buf.cacheable
+        assert buf.device_address % PAGE == 0  # write-combine blocks own whole pages
+        marks = fake.attr("sync_for_device"), fake.attr("sync_for_cpu")
+        buf[:] = 6
+        buf.flush()
+        buf.invalidate()
+        assert (fake.attr("sync_for_device"), fake.attr("sync_for_cpu")) == marks  # no sync
+        assert fake.read(buf.device_address - PHYS, 100) == bytes([6]) * 100
+        cached = be.allocate(100, "u1", cacheable=True)
+        assert not cached.coherent
+        del buf, cached
+    FakeUdmabuf(root, name="udmabuf1", sync_mode=None)
+    with pynq_alloc.open_backend("udmabuf:udmabuf1") as be:
+        assert be.info()["coherent"] is False  # truthful: cached memory
+        assert not be.allocate(10).coherent
+
+
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "aarch64"),
                     reason="user-space cache maintenance exists only on x86 and AArch64")
 def test_driver_without_sync_attributes_uses_user_space_maintenance(root):
     fake = FakeUdmabuf(root, version=None, coherent=None, sync_attrs=False, sync_mode=None)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         buf = be.allocate(256, "u1")
         assert not buf.coherent
         buf[:] = 4
@@ -529,7 +553,7 @@ def test_rejected_sync_write_is_an_error(root):
     fake = FakeUdmabuf(root)
     (fake.sys / "sync_for_device").unlink()
     (fake.sys / "sync_for_device").symlink_to("/dev/full")
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         with pytest.raises(OSError, match=r"writing '0x[0-9a-f]{16}' to .*sync_for_device failed"):
             be.allocate(64)
         assert be.info()["buffers"] == 0 and be.info()["used"] == 0
@@ -552,14 +576,14 @@ def test_named_device_from_the_device_tree(root):
     FakeUdmabuf(root, name="video-frames", phys=0x3800_0000)
     with pynq_alloc.open_backend("udmabuf:video-frames") as be:
         assert be.allocate(4).device_address == 0x3800_0000
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         assert be.allocate(4).device_address == 0x3800_0000
 
 
 def test_devices_are_tried_in_natural_order(root):
     FakeUdmabuf(root, name="udmabuf10", phys=0x3000_0000)
     FakeUdmabuf(root, name="udmabuf2", phys=0x2000_0000)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         assert be.allocate(4).device_address == 0x2000_0000
 
 
@@ -568,7 +592,7 @@ def test_devices_are_tried_in_natural_order(root):
 def test_no_device(root):
     with pytest.raises(FileNotFoundError, match=r"no u-dma-buf device.*modprobe u-dma-buf "
                        r"udmabuf0=0x1000000.*device-tree node"):
-        pynq_alloc.open_backend("udmabuf")
+        pynq_alloc.open_backend("udmabuf", cacheable=True)
     rows = {r[0]: r for r in _pynq_alloc._probe()}
     assert rows["udmabuf"][1] is False and rows["udmabuf"][2] is True
     assert "modprobe u-dma-buf" in rows["udmabuf"][3]
@@ -590,7 +614,7 @@ def test_unknown_names(root):
 def test_sysfs_entry_without_device_node(root):
     FakeUdmabuf(root, node=False)
     with pytest.raises(FileNotFoundError, match="udev"):
-        pynq_alloc.open_backend("udmabuf")
+        pynq_alloc.open_backend("udmabuf", cacheable=True)
     reason = {r[0]: r[3] for r in _pynq_alloc._probe()}["udmabuf"]
     assert "is in sysfs but" in reason and "udev" in reason
 
@@ -599,7 +623,7 @@ def test_garbage_in_sysfs(root):
     fake = FakeUdmabuf(root)
     fake.put("phys_addr", "zzz")
     with pytest.raises(OSError, match=r"phys_addr holds 'zzz', not a number"):
-        pynq_alloc.open_backend("udmabuf")
+        pynq_alloc.open_backend("udmabuf", cacheable=True)
 
 
 def test_options_are_refused(fake):
@@ -627,12 +651,12 @@ def test_busy_device_names_the_other_process(fake):
     p = hold_lock(fake.dev)
     try:
         with pytest.raises(BlockingIOError, match=rf"in use by process {p.pid} .*flock"):
-            pynq_alloc.open_backend("udmabuf")
+            pynq_alloc.open_backend("udmabuf", cacheable=True)
         reason = {r[0]: r for r in _pynq_alloc._probe()}["udmabuf"]
         assert reason[1] is False and f"process {p.pid}" in reason[3]
     finally:
         release(p)
-    with pynq_alloc.open_backend("udmabuf") as be:
+    with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
         be.allocate(4)
 
 
@@ -641,13 +665,13 @@ def test_busy_first_device_moves_on_to_the_next(root):
     FakeUdmabuf(root, name="udmabuf1", phys=0x2000_0000)
     p = hold_lock(first.dev)
     try:
-        with pynq_alloc.open_backend("udmabuf") as be:
+        with pynq_alloc.open_backend("udmabuf", cacheable=True) as be:
             assert be.allocate(4).device_address == 0x2000_0000
             with pytest.raises(BlockingIOError, match=rf"process {p.pid}"):
                 pynq_alloc.open_backend("udmabuf:udmabuf0")
             # both busy now: the first device's reason is reported
             with pytest.raises(BlockingIOError, match=rf"udmabuf0 is in use by process {p.pid}"):
-                pynq_alloc.open_backend("udmabuf")
+                pynq_alloc.open_backend("udmabuf", cacheable=True)
     finally:
         release(p)
 
@@ -660,7 +684,7 @@ def test_second_backend_in_the_same_process(be):
 
 
 def test_lock_is_released_at_close(fake):
-    be = pynq_alloc.open_backend("udmabuf")
+    be = pynq_alloc.open_backend("udmabuf", cacheable=True)
     be.close()
     p = hold_lock(fake.dev)  # would block if the flock were still held
     release(p)
@@ -673,7 +697,7 @@ os.setgroups([])
 os.setgid(65534)
 os.setuid(65534)
 try:
-    pynq_alloc.open_backend('udmabuf')
+    pynq_alloc.open_backend('udmabuf', cacheable=True)
 except PermissionError as e:
     print('PermissionError', e)
 print({r[0]: r[3] for r in _pynq_alloc._probe()}['udmabuf'])
@@ -730,8 +754,13 @@ def test_default_backend_on_a_board_with_u_dma_buf(root, tmp_path):
             "print(p.default_backend().name, hex(b.device_address), b.coherent)")
     r = run(code, tmp_path, PYNQ_ALLOC_SYSROOT=root)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["udmabuf", hex(PHYS), "False"]
+    # PYNQ's default: non-cacheable (write-combine), so coherent
+    assert r.stdout.split() == ["udmabuf", hex(PHYS), "True"]
     assert "Warning" not in r.stderr
+    # PYNQ_ALLOC_CACHEABLE=1: the default backend hands out cached buffers
+    r = run(code, tmp_path, PYNQ_ALLOC_SYSROOT=root, PYNQ_ALLOC_CACHEABLE=1)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["udmabuf", hex(PHYS), "False"]
 
 
 def test_board_without_device_reports_why(root, tmp_path):
@@ -751,7 +780,9 @@ def test_info_reports_the_device(root, tmp_path):
     assert row["usable"] is True and row["board"] is True
     assert row["reason"].startswith("usable: ") and "0x3c000000" in row["reason"]
     assert "5.5.0" in row["reason"] and "not coherent" in row["reason"]
-    assert row["total"] == 4 * MB and row["free"] == 4 * MB and row["coherent"] is False
+    assert row["total"] == 4 * MB and row["free"] == 4 * MB
+    # default buffers are write-combine (coherent); the backend's default is not cacheable
+    assert row["coherent"] is True and row["cacheable"] is False
 
 
 # ------------------------------------------------------------ nothing leaks
@@ -777,7 +808,7 @@ def test_every_fd_and_mapping_is_released(root):
     fds = len(os.listdir("/proc/self/fd"))
     assert sysroot_fds(root) == 0 and sysroot_maps(root) == 0
     for _ in range(3):
-        be = pynq_alloc.open_backend("udmabuf")
+        be = pynq_alloc.open_backend("udmabuf", cacheable=True)
         assert sysroot_fds(root) == 1 + 5 and sysroot_maps(root) == 1
         bufs = [be.allocate(1000, "u1"), be.allocate(100, "u1", cacheable=False),
                 be.allocate((8, 8), "u4", cacheable=False), be.allocate(3 * PAGE, "u1")]
@@ -806,3 +837,24 @@ def test_every_fd_and_mapping_is_released(root):
         release(p)
     assert sysroot_fds(root) == 0 and sysroot_maps(root) == 0
     assert len(os.listdir("/proc/self/fd")) == fds
+
+
+# ------------------------------------------------------------ address_bits
+
+def test_address_bits_places_blocks_below_the_limit(root):
+    """A region straddling 4 GiB: address_bits=32 blocks land below it, others anywhere."""
+    FakeUdmabuf(root, size=2 * MB, phys=(1 << 32) - MB)
+    with pynq_alloc.open_backend("udmabuf") as be:
+        info = be.info()
+        assert (info["lowest_address"], info["highest_address"]) == ((1 << 32) - MB,
+                                                                      (1 << 32) + MB - 1)
+        high = be.allocate(512 * KB, "u1")  # the first fit: the low end
+        low = be.allocate(256 * KB, "u1", address_bits=32)
+        assert low.device_address + low.nbytes <= 1 << 32
+        with pytest.raises(MemoryError, match=r"(?s)no \d+ free bytes below 0x100000000.*"
+                                               r"reserved-memory"):
+            be.allocate(512 * KB, "u1", address_bits=32)
+        anywhere = be.allocate(512 * KB, "u1")  # no limit: here across 4 GiB
+        assert anywhere.device_address + anywhere.nbytes > 1 << 32
+        assert be.info()["buffers"] == 3
+        del high, low, anywhere

@@ -643,3 +643,14 @@ def test_no_fd_or_mapping_leaks(xlnk):
     assert any(xlnk.fake["full"] in line for line in maps2)
     assert not any(xlnk.fake["no_phys"] in line for line in maps2)
     assert xlnk.log.live() == 0 and xlnk.log.bad() == []
+
+
+def test_address_bits_checks_the_cma_address(xlnk):
+    """libcma's buffers lie where CMA put them: checked, refused with where to get low memory."""
+    be = xlnk.open()
+    with pytest.raises(MemoryError, match=r"(?s)xlnk backend got 5000 bytes at device addresses "
+                                          r"0x.*above the limit 0xfff.*default CMA area"):
+        be.allocate(5000, "u1", address_bits=12)
+    assert be.info()["buffers"] == 0
+    buf = be.allocate(5000, "u1", address_bits=64)
+    assert buf.device_address > 0xFFF

@@ -522,3 +522,24 @@ def test_probe_failure_is_reported_on_a_board(board):
     r = board.run("pa.allocate(10)", check=False, ZOCL_SHIM_DRIVER="xlnx")
     assert "RuntimeError: no usable DMA memory backend on this board" in r.stderr
     assert "zocl: /dev/dri/renderD128 belongs to the DRM driver 'xlnx', not zocl" in r.stderr
+
+
+def test_address_bits_checks_the_cma_address(board):
+    """zocl's BOs lie where CMA put them: a limit they miss is a MemoryError naming the
+    CMA area; the BO is given back (pooled or not)."""
+    got = board.out("""
+        be = pa.open_backend("zocl")
+        msgs = []
+        for n in (100, 1 << 20):
+            try:
+                be.allocate(n, "u1", address_bits=12)
+            except MemoryError as e:
+                msgs.append(str(e))
+        ok = be.allocate(100, "u1", address_bits=64)
+        emit(msgs=msgs, buffers=be.info()["buffers"], ok=ok.device_address)
+    """)
+    assert len(got["msgs"]) == 2
+    for m in got["msgs"]:
+        assert "zocl backend got" in m and "above the limit 0xfff" in m
+        assert "default CMA area" in m and "cma=SIZE@0-LIMIT" in m
+    assert got["buffers"] == 1 and got["ok"] > 0xFFF

@@ -61,7 +61,7 @@ def test_device_write_over_unflushed_lines(checked):
 
 def test_warn_mode_warns_and_carries_on():
     be = pynq_alloc.open_backend("sim", size=1 << 20, check="warn")
-    buf = be.allocate(16, "u4")
+    buf = be.allocate(16, "u4", cacheable=True)
     buf[:] = 3
     with pytest.warns(CoherencyWarning, match="never flushed"):
         data = be.device_read(buf.device_address, 64)
@@ -89,7 +89,9 @@ def test_env_sets_check_for_the_default_backend():
         "except pynq_alloc.CoherencyError as e:\n"
         "    print('raised')\n"
     )
-    env = dict(os.environ, PYNQ_ALLOC_BACKEND="sim", PYNQ_ALLOC_SIM_CHECK="raise")
+    # PYNQ_ALLOC_CACHEABLE=1: the default backend's buffers are cacheable, so checked
+    env = dict(os.environ, PYNQ_ALLOC_BACKEND="sim", PYNQ_ALLOC_SIM_CHECK="raise",
+               PYNQ_ALLOC_CACHEABLE="1")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.split()
     assert out == ["raise", "raised"]
@@ -99,3 +101,71 @@ def test_coherent_buffers_are_never_reported(checked):
     buf = checked.allocate(16, cacheable=False)
     buf[:] = 2
     assert checked.device_read(buf.device_address, 64) == np.full(16, 2, "u4").tobytes()
+
+
+# ---------------------------------------------- (4) flush() where invalidate() was meant
+
+def test_flush_over_device_written_lines_is_reported(checked):
+    """PYNQ's scatter-gather DMA bug: descriptors the device updated are read back after
+    flush() where invalidate() was meant."""
+    buf = checked.allocate(64, "u4")  # 256 bytes: 4 cache lines
+    buf.flush()
+    checked.device_write(buf.device_address + 64, np.full(16, 7, "u4").tobytes())
+    with pytest.raises(CoherencyError) as info:
+        buf.flush()
+    msg = str(info.value)
+    assert "flush() over cache lines the device wrote" in msg
+    assert "bytes 64-127 of the buffer" in msg and "invalidate()" in msg
+    a = buf.device_address + 64
+    assert f"0x{a:x}-0x{a + 63:x}" in msg and "1 cache line)" in msg
+    # the CPU's copy was clean: the device's data survived, and invalidate() gets it
+    assert buf[16:32].tolist() == [0] * 16
+    buf.invalidate()
+    assert buf[16:32].tolist() == [7] * 16
+    buf.flush()  # nothing device-written since the invalidate: no report
+
+
+def test_flush_report_when_the_cpu_overwrote_the_device_data(checked):
+    buf = checked.allocate(32, "u4")
+    checked.device_write(buf.device_address, np.full(32, 5, "u4").tobytes())
+    buf[:] = 1  # the CPU writes while the device owns the buffer...
+    with pytest.raises(CoherencyError, match="stale copy of some of them now overwrote"):
+        buf.flush()  # ...and flushes: its copy wins, as on hardware
+    assert checked.device_read(buf.device_address, 128) == np.full(32, 1, "u4").tobytes()
+
+
+def test_flush_of_only_cpu_written_lines_is_not_reported(checked):
+    buf = checked.allocate(32, "u4")
+    checked.device_write(buf.device_address + 64, bytes(64))
+    buf[:16] = 3
+    buf[:16].flush()  # line 0 only: the device wrote line 1
+    assert checked.device_read(buf.device_address, 64) == np.full(16, 3, "u4").tobytes()
+
+
+def test_flush_report_in_warn_mode():
+    with pynq_alloc.open_backend("sim", size=1 << 20, check="warn", cacheable=True) as be:
+        buf = be.allocate(16, "u4")
+        be.device_write(buf.device_address, np.full(16, 2, "u4").tobytes())
+        with pytest.warns(CoherencyWarning, match=r"Call invalidate\(\) after the device writes"):
+            buf.flush()
+        buf.invalidate()
+        assert buf.tolist() == [2] * 16
+        del buf
+
+
+def test_device_read_check_false_peeks_without_a_report(checked):
+    buf = checked.allocate(16, "u4")
+    buf[:] = 3  # not flushed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert checked.device_read(buf.device_address, 64, check=False) == bytes(64)
+    with pytest.raises(CoherencyError, match="never flushed"):
+        checked.device_read(buf.device_address, 64)
+    with pytest.raises(TypeError):
+        checked.device_read(buf.device_address, 64, False)  # keyword only
+
+
+def test_info_has_base_address():
+    with pynq_alloc.open_backend("sim", size=1 << 20, base_address=0x8000_0000) as be:
+        assert be.info()["base_address"] == 0x8000_0000
+        assert be.allocate(4).device_address == 0x8000_0000

@@ -84,3 +84,37 @@ def test_request_beyond_free_pages_is_a_clear_memory_error(huge):
     with pytest.raises(MemoryError, match="huge"):
         huge.allocate((free_pages + 8) * (2 << 20), "u1")
     assert huge.info()["buffers"] == 0
+
+
+def test_too_big_a_request_computes_how_many_pages_to_reserve(huge):
+    """The advice is a number: at least N more pages, and M = what is reserved + N
+    to write to nr_hugepages (never a number smaller than what is reserved)."""
+    import re
+
+    with pytest.raises(MemoryError) as info:
+        huge.allocate(1 << 40, "u1")  # 524288 pages of 2 MiB
+    reserved = int(open("/proc/sys/vm/nr_hugepages").read())
+    m = re.search(r"it needs (\d+) 2M huge pages, (\d+) are free; reserve at least (\d+) more "
+                  r"huge pages \(echo (\d+) > /proc/sys/vm/nr_hugepages", str(info.value))
+    assert m, str(info.value)
+    need, free, more, echo = map(int, m.groups())
+    assert need == 1 << 19 and more == need - free
+    assert echo == reserved + more and echo >= reserved
+
+
+def test_no_reserved_pages_advice_uses_the_reserved_count(tmp_path, monkeypatch):
+    """A faked sysfs (PYNQ_ALLOC_SYSROOT) with 2M pages all in use: reserve 1 more."""
+    d = tmp_path / "sys/kernel/mm/hugepages/hugepages-2048kB"
+    d.mkdir(parents=True)
+    for name, value in [("nr_hugepages", 96), ("free_hugepages", 0), ("resv_hugepages", 0),
+                        ("nr_overcommit_hugepages", 0), ("surplus_hugepages", 0)]:
+        (d / name).write_text(f"{value}\n")
+    monkeypatch.setenv("PYNQ_ALLOC_SYSROOT", str(tmp_path))
+    with pytest.raises(MemoryError, match=r"all 96 reserved 2M huge pages are in use, none is "
+                                          r"free; reserve at least 1 more huge page \(echo 97 > "
+                                          r"/proc/sys/vm/nr_hugepages"):
+        pynq_alloc.open_backend("hugepage", page_size="2M")
+    (d / "nr_hugepages").write_text("0\n")
+    with pytest.raises(MemoryError, match=r"no 2M huge pages are reserved; reserve at least 1 "
+                                          r"more huge page \(echo 1 >"):
+        pynq_alloc.open_backend("hugepage", page_size="2M")

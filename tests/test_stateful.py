@@ -19,7 +19,8 @@ documents it (README "sim", src/core/backend_sim.c):
   cache and memory last agreed on) and ``devwrote`` (the device wrote the line
   since the CPU last synchronised it).
 * A line is CPU-dirty when ``cpu != clean`` (by value, as the checker decides).
-* ``flush()`` over lines [l0, l1): a dirty line the device wrote loses
+* ``flush()`` over lines [l0, l1): reports lines with ``devwrote`` (checking
+  mode: the CPU's copy is stale, invalidate() was meant); a dirty line the device wrote loses
   ``devwrote`` (its write-back clobbers the device's data); every line without
   ``devwrote`` is written back (``dev = clean = cpu``).
 * ``invalidate()``: reports dirty lines (checking mode); dirty lines lose
@@ -130,14 +131,18 @@ class Alloc:
         return (self.lines(self.cpu)[l0:l1] != self.lines(self.clean)[l0:l1]).any(axis=1)
 
     def flush(self, l0, l1):
+        """Returns whether the checker reports it: lines the device wrote since the
+        CPU last invalidated them (the CPU's copy is stale, or invalidate() was meant)."""
         if self.dev is None:
-            return
+            return False
         C, D, K = self.lines(self.cpu), self.lines(self.dev), self.lines(self.clean)
         dw = self.devwrote[l0:l1]
+        report = bool(dw.any())
         dw &= ~self.dirty(l0, l1)
         wb = np.flatnonzero(~dw) + l0
         D[wb] = C[wb]
         K[wb] = C[wb]
+        return report
 
     def invalidate(self, l0, l1):
         """Returns whether the checker reports it."""
@@ -352,10 +357,12 @@ class BufferMachine(RuleBasedStateMachine):
         self.be = pynq_alloc.open_backend(self.SPEC, **options)
         info = self.be.info()
         assert info["used"] == 0 and info["buffers"] == 0
-        self.be_coherent = info["coherent"]
+        self.be_coherent = info["coherent"]  # what cacheable=None gives
+        assert info["cacheable"] is bool(options.get("cacheable", False))
+        self.port_coherent = bool(options.get("coherent", False))
         self.check = options.get("check", "off") == "raise"
         self.careful = (KNOWN_BUG_CHECK_OFF_DATA and self.DEVICE_MODEL and not self.check
-                        and not self.be_coherent)
+                        and not self.port_coherent)
         self.allocate(shape, dtype, align, cacheable, "backend", "tuple")  # start with one
 
     def teardown(self):
@@ -398,7 +405,11 @@ class BufferMachine(RuleBasedStateMachine):
 
     def expected_coherent(self, cacheable):
         if self.SPEC == "sim":
-            return self.be_coherent or cacheable is False
+            # PYNQ's rule: coherent unless cacheable (per buffer or backend); a
+            # coherent port makes cacheable buffers coherent too
+            if cacheable is None:
+                return self.be_coherent
+            return self.port_coherent or cacheable is False
         return self.be_coherent or (cacheable is False and X86)
 
     # ----------------------------------------------------------------- rules
@@ -669,7 +680,9 @@ class BufferMachine(RuleBasedStateMachine):
         if ext is not None:
             l0, l1 = line_range(*ext)
             if how in ("flush", "sync_to_device"):
-                a.flush(l0, l1)
+                report = a.flush(l0, l1) and self.check
+                if report:
+                    event("flush: over device-written lines, reported")
             else:
                 if a.dev is not None and a.devwrote[l0:l1].any():
                     event("invalidate: reloads device-written lines")
@@ -966,20 +979,23 @@ class BufferMachine(RuleBasedStateMachine):
 
 
 class SimMachine(BufferMachine):
-    """sim, non-coherent, checking off."""
+    """sim, non-coherent port, checking off; cacheable by default (the cache
+    semantics under test) or PYNQ's default (non-cacheable unless asked)."""
 
-    VARIANTS = [dict(size=SIM_SIZE)]
+    VARIANTS = [dict(size=SIM_SIZE, cacheable=True), dict(size=SIM_SIZE)]
 
 
 class SimCoherentMachine(BufferMachine):
-    VARIANTS = [dict(size=SIM_SIZE, coherent=True)]
+    VARIANTS = [dict(size=SIM_SIZE, coherent=True), dict(size=SIM_SIZE, coherent=True,
+                                                         cacheable=True)]
 
 
 class SimCheckedMachine(BufferMachine):
     """sim with check='raise': every coherency mistake the model predicts must raise
     CoherencyError (after carrying the operation out), and nothing else may."""
 
-    VARIANTS = [dict(size=SIM_SIZE, check="raise")]
+    VARIANTS = [dict(size=SIM_SIZE, check="raise", cacheable=True),
+                dict(size=SIM_SIZE, check="raise")]
 
 
 class HugepageMachine(BufferMachine):

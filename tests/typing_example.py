@@ -20,6 +20,7 @@ from pynq_alloc import (
     default_backend,
     open_backend,
     set_default_backend,
+    wrap,
 )
 
 version: str = pynq_alloc.__version__
@@ -27,7 +28,7 @@ names: list[str] = pynq_alloc.__all__
 
 
 def round_trip(backend: Backend) -> list[int]:
-    buf: Buffer = allocate(shape=(8,), dtype="u4", target=backend)
+    buf: Buffer = allocate(shape=(8,), dtype="u4", target=backend, cacheable=True)
     buf[:] = np.arange(8, dtype=np.uint32)
     buf.flush()
     addr: Optional[int] = buf.device_address
@@ -74,7 +75,7 @@ def members(backend: Backend) -> None:
 def checker() -> None:
     backend = open_backend("sim", size=1 << 20, coherent=False, check="raise")
     with backend:
-        buf = allocate(16, "u1", backend)
+        buf = allocate(16, "u1", backend, cacheable=True)
         buf[:] = 1
         try:
             backend.device_read(buf.device_address or 0, 16)  # no flush() first
@@ -90,12 +91,36 @@ def checker() -> None:
         assert issubclass(category, UserWarning)
 
 
+class _Memory:
+    """A foreign target (PYNQ's memory contract)."""
+
+    def allocate(self, shape: Any, dtype: Any, **kwargs: Any) -> tuple[Any, Any, Any]:
+        return shape, dtype, kwargs
+
+
+def foreign_and_wrapped(backend: Backend) -> None:
+    got: Any = allocate(4, "u1", _Memory(), pointer=None, cache=None)
+    assert got[2] == {"pointer": None, "cache": None}
+    low: Buffer = backend.allocate(16, "u1", address_bits=32, cacheable=0)
+    peek: bytes = backend.device_read(low.device_address or 0, 16, check=False)
+    freed: list[object] = []
+    data = bytearray(64)
+    frame: Buffer = wrap(data, 0x1000, coherent=True, backend=backend, on_free=freed.append)
+    frame[:] = 1
+    frame.freebuffer()
+    assert freed == [data] and data[0] == 1 and peek == bytes(16)
+    info: dict[str, Any] = backend.info()
+    assert info["base_address"] is not None
+    low.freebuffer()
+
+
 def main() -> int:
     set_default_backend("sim")
     backend: Backend = default_backend()
     assert round_trip(backend) == [1, 2, 3, 4, 5, 6, 7, 8]
     members(backend)
     checker()
+    foreign_and_wrapped(open_backend("sim", size=1 << 20))
     set_default_backend(open_backend("sim"))
     set_default_backend(None)
     return 0

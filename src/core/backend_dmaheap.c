@@ -665,7 +665,9 @@ static int pa_dmaheap_open(pa_backend *be, const char *arg, const pa_option *opt
         h->extra.wc = true;
         h->wc = &h->extra;
     }
-    h->dflt = &h->main;
+    /* cacheable=None: write-combine (PYNQ's non-cacheable) where a heap maps
+     * it, else the cached main heap, reported non-coherent */
+    h->dflt = h->wc != NULL ? h->wc : &h->main;
     if (!h->coherent && !h->main.wc && !pa_cache_user_maintenance()) {
         /* 32-bit ARM: no user-space clean/invalidate, and the CMA heap does no
          * CPU maintenance for a dma-buf with no attached device */
@@ -685,6 +687,11 @@ static int pa_dmaheap_open(pa_backend *be, const char *arg, const pa_option *opt
     }
     be->priv = h;
     be->coherent = h->dflt->wc || h->coherent;
+    be->cached_coherent = h->coherent;
+    be->low_hint = "DMA-BUF heap memory comes from the heap's CMA area or reserved-memory "
+                   "region; place one below the limit (a reserved-memory node with "
+                   "compatible = \"shared-dma-pool\", reusable and alloc-ranges below it, "
+                   "then dmaheap:NAME, or cma=SIZE@0-LIMIT on the kernel command line)";
     /* allocate a first pool now: proves the heap and pagemap work (root, real
      * frame numbers, contiguous memory) and serves the first small requests */
     if (h->chunk != 0) {
@@ -725,7 +732,7 @@ static int pa_dmaheap_route(pa_dmaheap *h, unsigned flags, pa_dmaheap_heap **hp,
                              "cacheable=True buffers; pick a cached heap with dmaheap:NAME",
                              h->main.name);
         }
-        if (h->dflt->wc) {
+        if (!h->coherent && !pa_cache_user_maintenance()) {
             return pa_seterr(err, ENOTSUP,
                              "cacheable=True: on this CPU (32-bit ARM) user space cannot clean "
                              "or invalidate the data cache, and the kernel does no maintenance "

@@ -79,24 +79,6 @@ static void pa_huge_fmt_size(char *out, size_t outlen, uint64_t size)
     }
 }
 
-/* what to tell the user when there are not enough huge pages of this size */
-static void pa_huge_hint(char *out, size_t outlen, size_t page)
-{
-    char name[24];
-    pa_huge_fmt_size(name, sizeof(name), page);
-    if (page == PA_HUGE_DEFAULT_PAGE) {
-        snprintf(out, outlen,
-                 "reserve huge pages: echo 64 > /proc/sys/vm/nr_hugepages (as root), or "
-                 "hugepages=N on the kernel command line");
-    } else {
-        snprintf(out, outlen,
-                 "reserve huge pages: echo N > " PA_HUGE_SYSFS "/hugepages-%zukB/nr_hugepages "
-                 "(as root; may fail once memory is fragmented), or hugepagesz=%s hugepages=N "
-                 "on the kernel command line",
-                 page / 1024, name);
-    }
-}
-
 /* "2M, 1G" from the directories in /sys/kernel/mm/hugepages; smallest in *min */
 static void pa_huge_sizes(char *out, size_t outlen, size_t *min)
 {
@@ -162,6 +144,31 @@ static int pa_huge_read_u64(size_t page, const char *attr, uint64_t *out, pa_err
     }
     *out = (uint64_t)v;
     return 0;
+}
+
+/* what to tell the user when `more` huge pages of this size are missing: the
+ * count to write is computed from what is reserved now, so it never shrinks it */
+static void pa_huge_hint(char *out, size_t outlen, size_t page, uint64_t more)
+{
+    char name[24];
+    uint64_t reserved = 0;
+    pa_huge_fmt_size(name, sizeof(name), page);
+    if (pa_huge_read_u64(page, "nr_hugepages", &reserved, NULL) < 0) {
+        reserved = 0;
+    }
+    unsigned long long m = (unsigned long long)(reserved + more);
+    if (page == PA_HUGE_DEFAULT_PAGE) {
+        snprintf(out, outlen,
+                 "reserve at least %llu more huge page%s (echo %llu > /proc/sys/vm/nr_hugepages, "
+                 "as root), or hugepages=%llu on the kernel command line",
+                 (unsigned long long)more, more == 1 ? "" : "s", m, m);
+    } else {
+        snprintf(out, outlen,
+                 "reserve at least %llu more %s huge page%s (echo %llu > " PA_HUGE_SYSFS
+                 "/hugepages-%zukB/nr_hugepages as root; may fail once memory is fragmented), "
+                 "or hugepagesz=%s hugepages=%llu on the kernel command line",
+                 (unsigned long long)more, name, more == 1 ? "" : "s", m, page / 1024, name, m);
+    }
 }
 
 /* huge pages of this size another mapping could get now: free minus those
@@ -273,10 +280,9 @@ static int pa_huge_default_page(size_t *page, pa_err *err)
 /* the pool is usable: huge pages of this size exist and some are free */
 static int pa_huge_check_pool(size_t page, pa_err *err)
 {
-    char name[24], hint[256], sizes[128];
+    char name[24], hint[384], sizes[128];
     uint64_t avail, nr;
     pa_huge_fmt_size(name, sizeof(name), page);
-    pa_huge_hint(hint, sizeof(hint), page);
     int rc = pa_huge_available(page, &avail, &nr, err);
     if (rc == -ENOENT) {
         pa_huge_sizes(sizes, sizeof(sizes), NULL);
@@ -288,12 +294,12 @@ static int pa_huge_check_pool(size_t page, pa_err *err)
     if (rc < 0) {
         return rc;
     }
+    pa_huge_hint(hint, sizeof(hint), page, 1);
     if (nr == 0) {
         return pa_seterr(err, ENOMEM, "no %s huge pages are reserved; %s", name, hint);
     }
     if (avail == 0) {
-        return pa_seterr(err, ENOMEM,
-                         "all %llu reserved %s huge pages are in use, none is free; %s (raise N)",
+        return pa_seterr(err, ENOMEM, "all %llu reserved %s huge pages are in use, none is free; %s",
                          (unsigned long long)nr, name, hint);
     }
     return 0;
@@ -427,13 +433,13 @@ static void pa_huge_region_destroy(pa_huge_region *r)
 static int pa_huge_region_new(pa_huge *h, size_t k, size_t request, pa_huge_region **out,
                               pa_err *err)
 {
-    char hint[256];
+    char hint[384];
     pa_huge_frame *frames = NULL;
     size_t have = 0, want = k, start = 0, len;
     uint64_t avail;
     int rc;
 
-    pa_huge_hint(hint, sizeof(hint), h->page);
+    pa_huge_hint(hint, sizeof(hint), h->page, k);
     /* the search may map up to twice the request at once: keep that within size_t */
     if (__builtin_mul_overflow(k, h->page, &len) || len > SIZE_MAX / 4) {
         return pa_seterr(err, ENOMEM, "cannot allocate %zu bytes: %zu huge pages of %s don't fit "
@@ -444,6 +450,7 @@ static int pa_huge_region_new(pa_huge *h, size_t k, size_t request, pa_huge_regi
         return rc;
     }
     if (avail < k) {
+        pa_huge_hint(hint, sizeof(hint), h->page, (uint64_t)k - avail);
         return pa_seterr(err, ENOMEM,
                          "cannot allocate %zu bytes: it needs %zu %s huge pages, %llu are free; %s",
                          request, k, h->name, (unsigned long long)avail, hint);
@@ -642,7 +649,13 @@ static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, 
         goto destroy_region;
     }
     be->priv = h;
+    /* hugetlb pages map cached only: cacheable=None gives them, coherent on
+     * x86 (snooped), non-coherent elsewhere */
     be->coherent = coherent;
+    be->cached_coherent = coherent;
+    be->low_hint = "huge pages come from the kernel's huge page pool, wherever it found free "
+                   "pages; it cannot ask for low memory. For a DMA engine with a narrow "
+                   "address range use a CMA area below the limit (udmabuf, dmaheap, zocl)";
     return 0;
 
 destroy_region:

@@ -173,7 +173,10 @@ static int pa_sim_open(pa_backend *be, const char *arg, const pa_option *opts, s
         return pa_seterr(err, ENOMEM, "out of memory for the sim backend's allocator");
     }
     be->priv = s;
-    be->coherent = coherent;
+    /* PYNQ's default: coherent unless allocated cacheable; coherent= is the
+     * port (a coherent port makes cacheable blocks coherent too) */
+    be->coherent = true;
+    be->cached_coherent = coherent;
     return 0;
 
 fail_map:
@@ -210,7 +213,22 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     pa_sim *s = be->priv;
     size_t off, got;
     pa_tlsf_block *h;
-    int rc = pa_tlsf_alloc(s->tlsf, size, align, &off, &got, &h);
+    size_t lim = pa_region_limit(be, s->base, s->size);
+    if (lim == 0) {
+        return pa_seterr(err, ENOMEM,
+                         "the sim backend's memory starts at device address 0x%llx, above the "
+                         "address limit 0x%llx (address_bits); open it with a lower "
+                         "base_address= option",
+                         (unsigned long long)s->base, (unsigned long long)be->alloc_max);
+    }
+    int rc = pa_tlsf_alloc_below(s->tlsf, size, align, lim, &off, &got, &h);
+    if (rc < 0 && lim < s->size) {
+        return pa_seterr(err, -rc,
+                         "sim backend cannot allocate %zu bytes (align %zu) below device address "
+                         "0x%llx (address_bits): not enough free memory below it; free buffers "
+                         "there or open the sim backend with a lower base_address=",
+                         size, align, (unsigned long long)be->alloc_max + 1);
+    }
     if (rc < 0) {
         pa_tlsf_stats st;
         pa_tlsf_get_stats(s->tlsf, &st);
@@ -220,7 +238,7 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                          "backend with a larger size= option",
                          size, align, st.free, st.largest_free, st.total);
     }
-    bool coherent = be->coherent || (flags & PA_UNCACHED) != 0;
+    bool coherent = (flags & PA_CACHED) == 0 || be->cached_coherent;
     pa_sim_zero(s->cpu, off, got);
     pa_sim_zero(s->dev, off, got);
     memset(s->lines + off / PA_LINE, SIM_ALLOC | (coherent ? SIM_COHERENT : 0), got / PA_LINE);
@@ -333,6 +351,40 @@ static void pa_sim_writeback(pa_sim *s, size_t lo, size_t hi)
     }
 }
 
+/* Checking mode, case 4: flush() over lines the device wrote since the CPU
+ * last invalidated them. A clean CPU copy is stale: on hardware the next
+ * eviction of a line the CPU then writes (or a dirty one now) puts it over
+ * the device's data, and the caller most likely meant invalidate(). */
+static int pa_sim_check_flush(const pa_sim *s, const pa_block *blk, size_t lo, size_t hi,
+                              pa_err *err)
+{
+    size_t n = 0, dirty = 0, first = 0, last = 0;
+    for (size_t line = pa_sim_next_devwrote(s, lo / PA_LINE, hi / PA_LINE); line < hi / PA_LINE;
+         line = pa_sim_next_devwrote(s, line + 1, hi / PA_LINE)) {
+        if (n++ == 0) {
+            first = line * PA_LINE;
+        }
+        last = line * PA_LINE;
+        dirty += pa_sim_line_dirty(s, line * PA_LINE);
+    }
+    if (n == 0) {
+        return 0;
+    }
+    size_t base = (size_t)blk->aux;
+    pa_seterr(err, 0,
+              "flush() over cache lines the device wrote since the CPU last invalidated them: "
+              "bytes %zu-%zu of the buffer at 0x%llx (device addresses 0x%llx-0x%llx, %zu cache "
+              "line%s). %s Call invalidate() after the device writes and before the CPU reads; "
+              "flush() is for data the CPU wrote for the device.",
+              first - base, last + PA_LINE - 1 - base, (unsigned long long)blk->device_address,
+              (unsigned long long)(s->base + first),
+              (unsigned long long)(s->base + last + PA_LINE - 1), n, n == 1 ? "" : "s",
+              dirty > 0 ? "The CPU's stale copy of some of them now overwrote the device's data."
+                        : "The CPU's copy is stale: written back later, it overwrites the "
+                          "device's data.");
+    return s->check;
+}
+
 static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, size_t len,
                               pa_sync_dir dir, pa_err *err)
 {
@@ -343,8 +395,11 @@ static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, s
     int report = 0;
 
     if (dir == PA_TO_DEVICE) {
+        if (s->check != SIM_CHECK_OFF) {
+            report = pa_sim_check_flush(s, blk, lo, hi, err);
+        }
         pa_sim_writeback(s, lo, hi);
-        return 0;
+        return report;
     }
     if (s->check != SIM_CHECK_OFF) {
         size_t first = 0, last = 0;
@@ -478,6 +533,9 @@ static void pa_sim_info(pa_backend *be, pa_info *info)
     info->free = st.free;
     info->largest_free = st.largest_free;
     info->line_size = PA_LINE;
+    info->lowest = s->base;
+    info->highest = s->base + s->size - 1;
+    info->base_address = s->base;
 }
 
 static void pa_sim_close(pa_backend *be)

@@ -824,8 +824,10 @@ static int pa_udmabuf_open_dev(pa_backend *be, const pa_udmabuf_dev *d, pa_err *
         goto fail;
     }
     /* sync-always write-combine: every mapping is already uncached */
-    be->coherent = u->dev.dma_coherent == 1 || always;
-    if (!be->coherent) {
+    be->cached_coherent = u->dev.dma_coherent == 1 || always;
+    /* cacheable=None: write-combine where the driver can map it (sync_mode) */
+    be->coherent = be->cached_coherent || u->sync_mode >= 0;
+    if (!be->cached_coherent) {
         rc = pa_udmabuf_pick_sync(u, err);
         if (rc < 0) {
             goto fail;
@@ -849,6 +851,8 @@ static int pa_udmabuf_open_dev(pa_backend *be, const pa_udmabuf_dev *d, pa_err *
     }
     memset(u->pages, PA_PAGE_CACHED, u->map_len / u->page);
     be->priv = u;
+    be->low_hint = "u-dma-buf's memory is one buffer the driver reserved at load time: give it "
+                   "a reserved-memory node below the limit (memory-region = <&...>)";
     return 0;
 
 fail:
@@ -887,8 +891,11 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
     pa_udmabuf *u = be->priv;
     pa_tlsf_block *tb;
     size_t off, got;
-    bool wc = (flags & PA_UNCACHED) && !be->coherent;
+    bool wc = (flags & PA_CACHED) == 0 && !be->cached_coherent;
     int rc;
+    if (wc && u->sync_mode < 0 && (flags & PA_UNCACHED) == 0) {
+        wc = false; /* cacheable=None: cached where write-combine is not possible */
+    }
     if (wc) {
         if (u->sync_mode < 0) {
             return pa_seterr(err, ENOTSUP,
@@ -906,7 +913,18 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
             align = u->page;
         }
     }
-    rc = pa_tlsf_alloc(u->tlsf, size, align, &off, &got, &tb);
+    size_t lim = pa_region_limit(be, u->dev.phys, (size_t)u->dev.size);
+    rc = lim == 0 ? -ENOMEM : pa_tlsf_alloc_below(u->tlsf, size, align, lim, &off, &got, &tb);
+    if (rc < 0 && lim < (size_t)u->dev.size) {
+        return pa_seterr(err, ENOMEM,
+                         "u-dma-buf %s (device addresses 0x%llx-0x%llx) has no %zu free bytes "
+                         "below 0x%llx (address_bits); free buffers there, or give u-dma-buf a "
+                         "buffer in low memory (a reserved-memory node below the limit, "
+                         "memory-region = <&...> in the udmabuf node)",
+                         u->dev.node, (unsigned long long)u->dev.phys,
+                         (unsigned long long)(u->dev.phys + u->dev.size - 1), size,
+                         (unsigned long long)be->alloc_max + 1);
+    }
     if (rc < 0) {
         pa_tlsf_stats st;
         pa_tlsf_get_stats(u->tlsf, &st);
@@ -917,7 +935,7 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
                          "in the device tree)",
                          u->dev.node, size, align, st.free, st.largest_free, st.total);
     }
-    if (!be->coherent) {
+    if (!be->cached_coherent) {
         rc = pa_udmabuf_map_pages(u, off / u->page, (off + got - 1) / u->page,
                                   wc ? PA_PAGE_WC : PA_PAGE_CACHED, err);
         if (rc < 0) {
@@ -925,7 +943,7 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
         }
     }
     memset(u->cpu + off, 0, got);
-    if (!be->coherent && !wc) {
+    if (!be->cached_coherent && !wc) {
         rc = pa_udmabuf_sync_region(u, off, got, true, err); /* a fresh block is clean */
         if (rc < 0) {
             goto free_block;
@@ -934,7 +952,7 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
     blk->cpu = u->cpu + off;
     blk->device_address = u->dev.phys + off;
     blk->size = got;
-    blk->coherent = be->coherent || wc;
+    blk->coherent = be->cached_coherent || wc;
     blk->handle = tb;
     blk->aux = off;
     return 0;
@@ -977,6 +995,8 @@ static void pa_udmabuf_info(pa_backend *be, pa_info *info)
     info->largest_free = st.largest_free;
     info->coherent = be->coherent;
     info->line_size = pa_cache_line_size();
+    info->lowest = u->dev.phys;
+    info->highest = u->dev.phys + st.total - 1;
 }
 
 static void pa_udmabuf_close(pa_backend *be)

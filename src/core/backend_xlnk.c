@@ -420,6 +420,17 @@ static int pa_xlnk_own_alloc(pa_xlnk *x, size_t size, size_t align, bool cached,
     }
 }
 
+/* Zero Device/strongly-ordered memory: glibc's memset may use DC ZVA or
+ * unaligned stores, which fault there; aligned word stores do not. Blocks
+ * start on a PA_LINE boundary and are a multiple of PA_LINE long. */
+static void pa_xlnk_zero_device(void *p, size_t len)
+{
+    volatile uint32_t *w = p;
+    for (size_t i = 0; i < len / sizeof(*w); i++) {
+        w[i] = 0;
+    }
+}
+
 static int pa_xlnk_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk,
                          pa_err *err)
 {
@@ -431,7 +442,9 @@ static int pa_xlnk_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     int rc;
 
     if (flags & PA_UNCACHED) {
-        cached = false; /* cma_alloc(len, 0): the xlnk driver maps it write-combine */
+        /* cma_alloc(len, 0): the xlnk driver maps it pgprot_noncached (Device
+         * memory on arm64, strongly-ordered on arm32), not write-combine */
+        cached = false;
     } else if ((flags & PA_CACHED) && !cached) {
         return pa_seterr(err, ENOTSUP,
                          "cacheable buffers can't be synced here: the libcma at %s has no "
@@ -454,7 +467,11 @@ static int pa_xlnk_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     }
     /* libcma makes no promise about the contents; a cacheable block must also
      * leave no dirty lines that could later overwrite what the device wrote */
-    memset(c->pc.cpu + off, 0, size);
+    if (cached) {
+        memset(c->pc.cpu + off, 0, size);
+    } else {
+        pa_xlnk_zero_device(c->pc.cpu + off, size);
+    }
     if (cached) {
         rc = pa_xlnk_sync_cma(x, c, off, size, PA_TO_DEVICE, err);
         if (rc < 0) {
@@ -689,7 +706,15 @@ static int pa_xlnk_open(pa_backend *be, const char *arg, const pa_option *opts, 
         x->sync = PA_XLNK_SYNC_NONE;
     }
     be->priv = x;
+    /* cacheable=None stays cached here (unlike PYNQ): xlnk's non-cacheable
+     * mapping is Device memory, where numpy's vector loops and memset can
+     * fault on unaligned or DC ZVA accesses; only where nothing can sync a
+     * cached block is None non-cacheable (README, "Backends") */
     be->coherent = x->sync == PA_XLNK_SYNC_NONE;
+    be->cached_coherent = false;
+    be->low_hint = "libcma's buffers come from the kernel's default CMA area; place it below "
+                   "the limit (cma=SIZE@0-LIMIT on the kernel command line, or a linux,cma "
+                   "reserved-memory node with alloc-ranges below it)";
     return 0;
 
 close_dl:

@@ -424,14 +424,13 @@ static int pa_zocl_open(pa_backend *be, const char *arg, const pa_option *opts, 
 {
     static const char *const known[] = {"cacheable", "bank", "pool_max", "pool_chunk", NULL};
     uint64_t bank = 0;
-    bool cacheable = false;
+    /* PYNQ allocates non-cacheable by default on zocl (_xrt_allocate
+     * cacheable=0); open_backend(..., cacheable=True) is applied by pa.c and
+     * is listed here only so the option list names it */
+    const bool cacheable = false;
     size_t pool_max = 0, pool_chunk = 0;
     long page = sysconf(_SC_PAGESIZE);
     int rc = pa_opt_check(opts, nopts, known, "zocl", err);
-    if (rc == 0) {
-        /* PYNQ allocates non-cacheable by default on zocl (_xrt_allocate cacheable=0) */
-        rc = pa_opt_bool(opts, nopts, "cacheable", false, &cacheable, err);
-    }
     if (rc == 0) {
         rc = pa_opt_u64(opts, nopts, "bank", 0, &bank, err);
     }
@@ -477,6 +476,10 @@ static int pa_zocl_open(pa_backend *be, const char *arg, const pa_option *opts, 
     }
     be->priv = z;
     be->coherent = !cacheable; /* non-cacheable BOs are write-combine mappings */
+    be->cached_coherent = false;
+    be->low_hint = "zocl's buffer objects come from the kernel's default CMA area; place it "
+                   "below the limit (cma=SIZE@0-LIMIT on the kernel command line, or a "
+                   "linux,cma reserved-memory node with alloc-ranges below it)";
     return 0;
 }
 

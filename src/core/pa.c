@@ -2,6 +2,7 @@
  * accounting around the backends' ops tables. */
 #define _GNU_SOURCE
 #include "pa.h"
+#include "cache.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -68,12 +69,34 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
         return pa_seterr(err, ENOMEM, "out of memory opening backend '%s'", spec);
     }
     be->ops = ops;
-    int rc = pthread_mutex_init(&be->lock, NULL);
+    be->alloc_max = UINT64_MAX;
+    /* cacheable= is every backend's option (the default for cacheable=None):
+     * taken here, the others go to the backend */
+    pa_option *rest = calloc(nopts + 1, sizeof(*rest));
+    size_t nrest = 0;
+    if (rest == NULL) {
+        free(be);
+        return pa_seterr(err, ENOMEM, "out of memory opening backend '%s'", spec);
+    }
+    for (size_t i = 0; i < nopts; i++) {
+        if (strcmp(opts[i].key, "cacheable") != 0) {
+            rest[nrest++] = opts[i];
+        }
+    }
+    int rc = pa_opt_bool(opts, nopts, "cacheable", false, &be->cacheable, err);
+    if (rc < 0) {
+        free(rest);
+        free(be);
+        return rc;
+    }
+    rc = pthread_mutex_init(&be->lock, NULL);
     if (rc != 0) {
+        free(rest);
         free(be);
         return pa_seterr(err, rc, "pthread_mutex_init failed: %s", strerror(rc));
     }
-    rc = ops->open(be, colon != NULL ? colon + 1 : NULL, opts, nopts, err);
+    rc = ops->open(be, colon != NULL ? colon + 1 : NULL, rest, nrest, err);
+    free(rest);
     if (rc < 0) {
         pthread_mutex_destroy(&be->lock);
         free(be);
@@ -85,6 +108,13 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
 
 int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err)
 {
+    return pa_alloc_below(be, size, align, flags, UINT64_MAX, blk, err);
+}
+
+int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
+                   pa_block *blk, pa_err *err)
+{
+    size_t asked = size == 0 ? 1 : size;
     size_t rounded;
     if (size == 0) {
         size = 1; /* zero-size arrays still get a real, unique device address */
@@ -99,9 +129,26 @@ int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block
     if ((align & (align - 1)) != 0) {
         return pa_seterr(err, EINVAL, "align must be a power of two, got %zu", align);
     }
+    if ((flags & (PA_CACHED | PA_UNCACHED)) == 0 && be->cacheable) {
+        flags |= PA_CACHED; /* the backend's default, open_backend(..., cacheable=True) */
+    }
     memset(blk, 0, sizeof(*blk));
     pthread_mutex_lock(&be->lock);
+    be->alloc_max = max_addr;
     int rc = be->ops->alloc(be, rounded, align, flags, blk, err);
+    be->alloc_max = UINT64_MAX;
+    if (rc == 0 && (blk->device_address > max_addr || asked - 1 > max_addr - blk->device_address)) {
+        /* memory from the kernel lands where the kernel puts it: check it */
+        unsigned long long lo = blk->device_address, hi = lo + asked - 1;
+        be->ops->free(be, blk);
+        memset(blk, 0, sizeof(*blk));
+        rc = pa_seterr(err, ENOMEM,
+                       "the %s backend got %zu bytes at device addresses 0x%llx-0x%llx, above "
+                       "the limit 0x%llx (address_bits); %s",
+                       be->ops->name, asked, lo, hi, (unsigned long long)max_addr,
+                       be->low_hint != NULL ? be->low_hint
+                                            : "this backend cannot choose where its memory lies");
+    }
     if (rc == 0) {
         be->used += blk->size;
         be->buffers++;
@@ -110,8 +157,41 @@ int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block
     return rc;
 }
 
+void pa_adopt(void *cpu, uint64_t device_address, size_t size, bool coherent, pa_block *blk)
+{
+    memset(blk, 0, sizeof(*blk));
+    blk->cpu = cpu;
+    blk->device_address = device_address;
+    blk->size = size;
+    blk->coherent = coherent;
+    blk->foreign = true;
+}
+
+static int pa_foreign_sync(const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
+                           pa_err *err)
+{
+    if (!pa_cache_user_maintenance()) {
+        return pa_seterr(err, ENOTSUP,
+                         "flush()/invalidate() of wrapped memory use the CPU's own cache "
+                         "maintenance, which this CPU cannot do from user space (32-bit ARM "
+                         "needs the kernel); sync through the driver that owns the memory, or "
+                         "wrap a non-cacheable mapping with coherent=True");
+    }
+    char *p = (char *)blk->cpu + off;
+    int rc = dir == PA_TO_DEVICE ? pa_cache_clean(p, len) : pa_cache_clean_invalidate(p, len);
+    if (rc < 0) {
+        return pa_seterr(err, -rc, "cache maintenance (%s) over wrapped memory failed: %s",
+                         pa_cache_method(), strerror(-rc));
+    }
+    return 0;
+}
+
 void pa_free(pa_backend *be, pa_block *blk)
 {
+    if (blk->foreign) {
+        memset(blk, 0, sizeof(*blk)); /* the owner frees it */
+        return;
+    }
     pthread_mutex_lock(&be->lock);
     be->used -= blk->size;
     be->buffers--;
@@ -130,6 +210,9 @@ int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync
         return pa_seterr(err, EINVAL, "sync range [%zu, %zu) is outside the %zu-byte block", off,
                          off + len, blk->size);
     }
+    if (blk->foreign) {
+        return pa_foreign_sync(blk, off, len, dir, err);
+    }
     return be->ops->sync(be, blk, off, len, dir, err);
 }
 
@@ -141,7 +224,13 @@ void pa_get_info(pa_backend *be, pa_info *info)
     info->used = be->used;
     info->buffers = be->buffers;
     pthread_mutex_unlock(&be->lock);
-    info->coherent = be->coherent;
+    info->coherent = pa_default_coherent(be);
+    info->cacheable = be->cacheable;
+}
+
+bool pa_default_coherent(const pa_backend *be)
+{
+    return be->cacheable ? be->cached_coherent : be->coherent;
 }
 
 void pa_close(pa_backend *be)
@@ -221,6 +310,17 @@ int pa_opt_bool(const pa_option *opts, size_t nopts, const char *key, bool dflt,
         return pa_seterr(err, EINVAL, "option %s=%s is not a boolean (true/false/1/0)", key, v);
     }
     return 0;
+}
+
+size_t pa_region_limit(const pa_backend *be, uint64_t base, size_t size)
+{
+    if (be->alloc_max < base) {
+        return 0;
+    }
+    if (be->alloc_max - base >= (uint64_t)size) {
+        return size;
+    }
+    return (size_t)(be->alloc_max - base + 1);
 }
 
 void pa_cma_meminfo(uint64_t *total, uint64_t *freeb)

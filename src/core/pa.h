@@ -34,23 +34,32 @@ typedef enum pa_sync_dir {
     PA_FROM_DEVICE = 2, /* clean+invalidate: device writes become visible to the CPU */
 } pa_sync_dir;
 
-/* allocation flags */
-#define PA_CACHED 1u   /* cacheable=True asked explicitly */
-#define PA_UNCACHED 2u /* cacheable=False: coherent (write-combine) mapping */
+/* allocation flags; neither means cacheable=None: PYNQ's default, a
+ * non-cacheable (write-combine, never Device memory) coherent block where the
+ * backend can map one safely, else a cached block (reported non-coherent) */
+#define PA_CACHED 1u   /* cacheable=True: cached, exact-extent maintenance */
+#define PA_UNCACHED 2u /* cacheable=False: coherent (write-combine) mapping, or an error */
 
 typedef struct pa_block {
     void *cpu;               /* CPU address of byte 0 */
     uint64_t device_address; /* what the device uses for byte 0 */
     size_t size;             /* usable bytes, a multiple of PA_LINE */
     bool coherent;           /* no cache maintenance needed */
+    bool foreign;            /* memory another owner provides (pa_adopt): never freed here;
+                              * synced with the CPU's own cache maintenance */
     void *handle;            /* backend private (allocator node, BO ...) */
     uint64_t aux;            /* backend private */
 } pa_block;
 
 typedef struct pa_info {
     uint64_t total, used, free, largest_free, buffers;
-    bool coherent;
+    bool coherent;  /* a block allocated with cacheable=None is coherent */
+    bool cacheable; /* the backend's default: open_backend(..., cacheable=True) */
     size_t line_size;
+    /* lowest and highest device address a block can have (highest: of its
+     * last byte); 0, 0 when the backend cannot tell before allocating */
+    uint64_t lowest, highest;
+    uint64_t base_address; /* simulated devices: the device address of the region's byte 0 */
 } pa_info;
 
 typedef struct pa_backend pa_backend;
@@ -80,7 +89,15 @@ struct pa_backend {
     const pa_ops *ops;
     void *priv;
     pthread_mutex_t lock; /* taken by pa_alloc/pa_free/pa_info */
-    bool coherent;        /* default for new blocks; set by open */
+    bool coherent;        /* blocks allocated with cacheable=None are coherent; set by open */
+    bool cached_coherent; /* cacheable=True blocks are coherent too (the device snoops the
+                           * CPU's caches); set by open */
+    bool cacheable;       /* open option cacheable=1: None means True; set by pa_open */
+    uint64_t alloc_max;   /* during ops->alloc (under lock): the highest device address the
+                           * block may reach (address_bits); UINT64_MAX for no limit.
+                           * Sub-allocators place the block below it; pa.c checks all. */
+    const char *low_hint; /* set by open: where this backend's memory comes from and how
+                           * to get memory below an address limit (for the error) */
     uint64_t used;        /* bytes in live blocks (maintained by pa.c) */
     uint64_t buffers;     /* live blocks */
 };
@@ -91,10 +108,20 @@ const char *pa_known_backends(void); /* "sim, hugepage, ..." */
 extern const pa_ops *const pa_all_ops[]; /* NULL-terminated, in probe order */
 int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **out, pa_err *err);
 int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err);
+/* every byte of the block at a device address <= max_addr (address_bits=N: 2**N - 1) */
+int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
+                   pa_block *blk, pa_err *err);
 void pa_free(pa_backend *be, pa_block *blk);
+/* describe memory another owner provides as a block (wrap()): no backend
+ * involved; pa_sync cleans/invalidates it with the CPU's own maintenance
+ * (x86, AArch64; ENOTSUP elsewhere) and pa_free never frees it */
+void pa_adopt(void *cpu, uint64_t device_address, size_t size, bool coherent, pa_block *blk);
+/* be may be NULL for a foreign block */
 int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
             pa_err *err);
 void pa_get_info(pa_backend *be, pa_info *info);
+/* whether a block allocated with cacheable=None is coherent */
+bool pa_default_coherent(const pa_backend *be);
 void pa_close(pa_backend *be);
 
 /* option helpers for backends: unknown keys are an error naming the known ones */
@@ -105,6 +132,11 @@ int pa_opt_u64(const pa_option *opts, size_t nopts, const char *key, uint64_t df
                pa_err *err);
 int pa_opt_bool(const pa_option *opts, size_t nopts, const char *key, bool dflt, bool *out,
                 pa_err *err);
+
+/* the offset limit (exclusive end) inside a region at device address base of
+ * size bytes that keeps blocks at or below be->alloc_max: size for none, 0
+ * when the whole region lies above it */
+size_t pa_region_limit(const pa_backend *be, uint64_t base, size_t size);
 
 /* system-wide CMA (CmaTotal/CmaFree of /proc/meminfo) in bytes; 0 when absent */
 void pa_cma_meminfo(uint64_t *total, uint64_t *freeb);

@@ -41,6 +41,7 @@ struct pa_tlsf {
     size_t nspare;
     pa_tlsf_chunk *chunks;
     uint64_t steps;
+    pa_tlsf_block *first; /* the block at offset 0: its descriptor never changes */
 };
 
 /* index of the highest set bit; x != 0 */
@@ -264,6 +265,7 @@ pa_tlsf *pa_tlsf_create(size_t size, size_t granule)
         b->offset = 0;
         b->size = t->total;
         pa_tlsf_insert_free(t, b);
+        t->first = b;
     }
     return t;
 }
@@ -279,6 +281,30 @@ void pa_tlsf_destroy(pa_tlsf *t)
         free(c);
     }
     free(t);
+}
+
+/* Carves [start, start + size) out of the free block b. */
+static int pa_tlsf_take(pa_tlsf *t, pa_tlsf_block *b, size_t start, size_t size, size_t *offset,
+                        size_t *got, pa_tlsf_block **handle)
+{
+    pa_tlsf_remove_free(t, b);
+    /* The neighbours of a free block are never free, so neither piece split
+     * off here has anything to coalesce with. */
+    if (start > b->offset) {
+        pa_tlsf_block *lead = b;
+        b = pa_tlsf_split(t, lead, start - lead->offset);
+        pa_tlsf_insert_free(t, lead);
+    }
+    if (b->size > size) {
+        pa_tlsf_insert_free(t, pa_tlsf_split(t, b, size));
+    }
+    b->state = PA_TLSF_USED;
+    t->used += b->size;
+    t->blocks++;
+    *offset = b->offset;
+    *got = b->size;
+    *handle = b;
+    return 0;
 }
 
 int pa_tlsf_alloc(pa_tlsf *t, size_t size, size_t align, size_t *offset, size_t *got,
@@ -321,24 +347,41 @@ int pa_tlsf_alloc(pa_tlsf *t, size_t size, size_t align, size_t *offset, size_t 
         }
     }
 
-    pa_tlsf_remove_free(t, b);
-    /* The neighbours of a free block are never free, so neither piece split
-     * off here has anything to coalesce with. */
-    if (start > b->offset) {
-        pa_tlsf_block *lead = b;
-        b = pa_tlsf_split(t, lead, start - lead->offset);
-        pa_tlsf_insert_free(t, lead);
+    return pa_tlsf_take(t, b, start, size, offset, got, handle);
+}
+
+int pa_tlsf_alloc_below(pa_tlsf *t, size_t size, size_t align, size_t limit, size_t *offset,
+                        size_t *got, pa_tlsf_block **handle)
+{
+    if (t == NULL || limit >= t->total) {
+        return pa_tlsf_alloc(t, size, align, offset, got, handle);
     }
-    if (b->size > size) {
-        pa_tlsf_insert_free(t, pa_tlsf_split(t, b, size));
+    if (offset == NULL || got == NULL || handle == NULL || size == 0 ||
+        (align & (align - 1)) != 0) {
+        return -EINVAL;
     }
-    b->state = PA_TLSF_USED;
-    t->used += b->size;
-    t->blocks++;
-    *offset = b->offset;
-    *got = b->size;
-    *handle = b;
-    return 0;
+    if (align < t->granule) {
+        align = t->granule;
+    }
+    if (size > limit) {
+        return -ENOMEM;
+    }
+    size = (size + t->granule - 1) & ~(t->granule - 1);
+    if (pa_tlsf_reserve(t, 2) < 0) {
+        return -ENOMEM;
+    }
+    /* first fit in address order: the lowest free stretch that ends by limit.
+     * Linear in the blocks below limit; the size classes know nothing of
+     * addresses, and low-memory requests are rare. */
+    for (pa_tlsf_block *b = t->first; b != NULL && b->offset < limit; b = b->next_phys) {
+        size_t start;
+        t->steps++;
+        if (b->state == PA_TLSF_FREE && pa_tlsf_fits(b, size, align, &start) &&
+            start <= limit - size) {
+            return pa_tlsf_take(t, b, start, size, offset, got, handle);
+        }
+    }
+    return -ENOMEM;
 }
 
 void pa_tlsf_free(pa_tlsf *t, pa_tlsf_block *b)

@@ -24,6 +24,11 @@ void pa_tlsf_destroy(pa_tlsf *t);
  * rounded size); -ENOMEM when no free block fits; -EINVAL on bad arguments. */
 int pa_tlsf_alloc(pa_tlsf *t, size_t size, size_t align, size_t *offset, size_t *got,
                   pa_tlsf_block **handle);
+/* As pa_tlsf_alloc, but the block ends at or below offset limit (every byte
+ * below it): the lowest such stretch, found in address order. limit >= the
+ * region's size is no constraint (pa_tlsf_alloc, O(1)). */
+int pa_tlsf_alloc_below(pa_tlsf *t, size_t size, size_t align, size_t limit, size_t *offset,
+                        size_t *got, pa_tlsf_block **handle);
 void pa_tlsf_free(pa_tlsf *t, pa_tlsf_block *handle);
 size_t pa_tlsf_offset(const pa_tlsf_block *handle);
 size_t pa_tlsf_size(const pa_tlsf_block *handle);

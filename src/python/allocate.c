@@ -31,18 +31,66 @@ static int pa_parse_align(PyObject *align, size_t *out)
     return 0;
 }
 
-static int pa_parse_cacheable(PyObject *cacheable, unsigned *flags)
+/* address_bits=N: every byte below 2**N; max_addr = 2**N - 1 (no limit from 64 on) */
+static int pa_parse_address_bits(PyObject *bits, uint64_t *max_addr)
+{
+    *max_addr = UINT64_MAX;
+    if (bits == NULL || bits == Py_None) {
+        return 0;
+    }
+    if (PyBool_Check(bits) || !PyLong_Check(bits)) {
+        PyErr_Format(PyExc_TypeError, "address_bits must be an int (e.g. 32), not %.100s",
+                     Py_TYPE(bits)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long n = PyLong_AsLongAndOverflow(bits, &overflow);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow != 0 || n < 12 || n > 64) {
+        PyErr_Format(PyExc_ValueError,
+                     "address_bits must be between 12 and 64 (a DMA mask's width, e.g. 32), "
+                     "got %R",
+                     bits);
+        return -1;
+    }
+    if (n < 64) {
+        *max_addr = ((uint64_t)1 << n) - 1;
+    }
+    return 0;
+}
+
+int pa_py_parse_cacheable(PyObject *cacheable, unsigned *flags)
 {
     *flags = 0;
     if (cacheable == NULL || cacheable == Py_None) {
         return 0;
     }
-    int t = PyObject_IsTrue(cacheable);
-    if (t < 0) {
+    if (cacheable == Py_True || cacheable == Py_False) {
+        *flags = cacheable == Py_True ? PA_CACHED : PA_UNCACHED;
+        return 0;
+    }
+    if (PyLong_Check(cacheable)) {
+        int overflow;
+        long v = PyLong_AsLongAndOverflow(cacheable, &overflow);
+        if (v == -1 && PyErr_Occurred()) {
+            return -1;
+        }
+        if (overflow == 0 && (v == 0 || v == 1)) {
+            *flags = v ? PA_CACHED : PA_UNCACHED;
+            return 0;
+        }
+        PyErr_Format(PyExc_ValueError,
+                     "cacheable must be None, True, False, 0 or 1, got %R", cacheable);
         return -1;
     }
-    *flags = t ? PA_CACHED : PA_UNCACHED;
-    return 0;
+    /* a truth test would make cacheable='no' mean True */
+    PyErr_Format(PyExc_TypeError,
+                 "cacheable must be None (the backend's default), True, False, 0 or 1, not "
+                 "%.100s",
+                 Py_TYPE(cacheable)->tp_name);
+    return -1;
 }
 
 /* numpy.ndarray(shape, 'U') gives U1, 'S' S1; follow it */
@@ -148,8 +196,9 @@ static int pa_convert_shape(PyObject *shape, npy_intp *dims, int *nd)
 }
 
 PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
-                         PyObject *align)
+                         PyObject *align, PyObject *address_bits)
 {
+    uint64_t max_addr;
     npy_intp dimv[PA_MAXDIMS];
     PyArray_Dims dims = {dimv, 0};
     PyArray_Descr *descr = NULL;
@@ -180,7 +229,8 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
                      (PyObject *)descr);
         goto fail;
     }
-    if (pa_parse_align(align, &alignment) < 0 || pa_parse_cacheable(cacheable, &flags) < 0) {
+    if (pa_parse_align(align, &alignment) < 0 || pa_py_parse_cacheable(cacheable, &flags) < 0 ||
+        pa_parse_address_bits(address_bits, &max_addr) < 0) {
         goto fail;
     }
     nbytes = (size_t)PyDataType_ELSIZE(descr);
@@ -206,7 +256,7 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     a->anchor = a->root = NULL;
     memset(&a->block, 0, sizeof(a->block));
 
-    int rc = pa_alloc(b->be, nbytes, alignment, flags, &a->block, &err);
+    int rc = pa_alloc_below(b->be, nbytes, alignment, flags, max_addr, &a->block, &err);
     if (rc < 0) {
         pa_py_raise(rc, &err);
         goto fail;

@@ -19,6 +19,10 @@ void pa_py_allocation_release(AllocationObject *a)
     if (b == NULL) {
         return;
     }
+    if (pa_py_is_wrap(a)) {
+        pa_py_wrap_release(a); /* another owner's memory: never pa_free'd (wrap.c) */
+        return;
+    }
     a->backend = NULL;
     if (b->be != NULL) {
         pa_free(b->be, &a->block);
@@ -52,7 +56,7 @@ static AllocationObject *pa_find_allocation(PyObject *obj)
         if (PaBuffer_Check(obj)) {
             return ((BufferObject *)obj)->alloc;
         }
-        if (Py_IS_TYPE(obj, &PaAllocation_Type)) {
+        if (PyObject_TypeCheck(obj, &PaAllocation_Type)) { /* wrap.c's subtype too */
             return (AllocationObject *)obj;
         }
         if (!PyArray_Check(obj)) {

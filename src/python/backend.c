@@ -98,6 +98,15 @@ PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs)
     Py_ssize_t pos = 0, i = 0;
     PyObject *key, *value;
     while (kwargs != NULL && PyDict_Next(kwargs, &pos, &key, &value)) {
+        if (PyUnicode_Check(key) && PyUnicode_CompareWithASCIIString(key, "cacheable") == 0) {
+            unsigned flags;
+            if (pa_py_parse_cacheable(value, &flags) < 0) {
+                goto done;
+            }
+            if (flags == 0) {
+                continue; /* None: the backend's own default */
+            }
+        }
         PyObject *text = pa_option_text(value);
         if (text == NULL || PyList_Append(texts, text) < 0) {
             Py_XDECREF(text);
@@ -116,7 +125,7 @@ PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs)
     }
     int rc;
     Py_BEGIN_ALLOW_THREADS
-    rc = pa_open(cspec, opts, (size_t)n, &be, &err);
+    rc = pa_open(cspec, opts, (size_t)i, &be, &err);
     Py_END_ALLOW_THREADS
     if (rc < 0) {
         pa_py_raise(rc, &err);
@@ -166,12 +175,12 @@ static BackendObject *backend_open_or_raise(PyObject *op)
 static PyObject *backend_allocate(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
                                   PyObject *kwnames)
 {
-    static const char *const names[] = {"shape", "dtype", "cacheable", "align"};
-    PyObject *v[4] = {NULL, NULL, Py_None, Py_None};
-    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 2, 4, v) < 0) {
+    static const char *const names[] = {"shape", "dtype", "cacheable", "align", "address_bits"};
+    PyObject *v[5] = {NULL, NULL, Py_None, Py_None, Py_None};
+    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 2, 5, v, NULL) < 0) {
         return NULL;
     }
-    return pa_py_allocate((BackendObject *)op, v[0], v[1], v[2], v[3]);
+    return pa_py_allocate((BackendObject *)op, v[0], v[1], v[2], v[3], v[4]);
 }
 
 static PyObject *backend_info(PyObject *op, PyObject *unused)
@@ -186,16 +195,40 @@ static PyObject *backend_info(PyObject *op, PyObject *unused)
     }
     pa_info info;
     pa_get_info(self->be, &info);
-    return Py_BuildValue("{s:s,s:O,s:K,s:K,s:K,s:K,s:K,s:O,s:n,s:O,s:s}", "name",
-                         self->be->ops->name, "spec", self->spec, "total",
-                         (unsigned long long)info.total, "used", (unsigned long long)info.used,
-                         "free", (unsigned long long)info.free, "largest_free",
-                         (unsigned long long)info.largest_free, "buffers",
-                         (unsigned long long)info.buffers, "coherent",
-                         info.coherent ? Py_True : Py_False, "cache_line_size",
-                         (Py_ssize_t)info.line_size, "closed",
-                         self->closing ? Py_True : Py_False, "check",
-                         self->check == 2 ? "raise" : self->check == 1 ? "warn" : "off");
+    PyObject *res = Py_BuildValue(
+        "{s:s,s:O,s:K,s:K,s:K,s:K,s:K,s:O,s:O,s:n,s:O,s:s}", "name", self->be->ops->name, "spec",
+        self->spec, "total", (unsigned long long)info.total, "used",
+        (unsigned long long)info.used, "free", (unsigned long long)info.free, "largest_free",
+        (unsigned long long)info.largest_free, "buffers", (unsigned long long)info.buffers,
+        "coherent", info.coherent ? Py_True : Py_False, "cacheable",
+        info.cacheable ? Py_True : Py_False, "cache_line_size", (Py_ssize_t)info.line_size,
+        "closed", self->closing ? Py_True : Py_False, "check",
+        self->check == 2 ? "raise" : self->check == 1 ? "warn" : "off");
+    if (res == NULL) {
+        return NULL;
+    }
+    /* the device address range; None where it is only known per allocation */
+    PyObject *lo = Py_None, *hi = Py_None, *base = Py_None;
+    Py_INCREF(lo);
+    Py_INCREF(hi);
+    Py_INCREF(base);
+    if (info.highest != 0) {
+        Py_SETREF(lo, PyLong_FromUnsignedLongLong(info.lowest));
+        Py_SETREF(hi, PyLong_FromUnsignedLongLong(info.highest));
+    }
+    if (self->be->ops->device_access != NULL) {
+        Py_SETREF(base, PyLong_FromUnsignedLongLong(info.base_address));
+    }
+    if (lo == NULL || hi == NULL || base == NULL ||
+        PyDict_SetItemString(res, "lowest_address", lo) < 0 ||
+        PyDict_SetItemString(res, "highest_address", hi) < 0 ||
+        PyDict_SetItemString(res, "base_address", base) < 0) {
+        Py_CLEAR(res);
+    }
+    Py_XDECREF(lo);
+    Py_XDECREF(hi);
+    Py_XDECREF(base);
+    return res;
 }
 
 static PyObject *backend_close(PyObject *op, PyObject *unused)
@@ -212,12 +245,16 @@ static PyObject *backend_close(PyObject *op, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *backend_device_read(PyObject *op, PyObject *args)
+static PyObject *backend_device_read(PyObject *op, PyObject *args, PyObject *kwargs)
 {
+    static char *kwlist[] = {"device_address", "nbytes", "check", NULL};
     unsigned long long addr;
     Py_ssize_t n;
+    int check = 1;
     BackendObject *self = backend_open_or_raise(op);
-    if (self == NULL || !PyArg_ParseTuple(args, "Kn:device_read", &addr, &n)) {
+    if (self == NULL ||
+        !PyArg_ParseTupleAndKeywords(args, kwargs, "Kn|$p:device_read", kwlist, &addr, &n,
+                                     &check)) {
         return NULL;
     }
     if (n < 0) {
@@ -233,7 +270,8 @@ static PyObject *backend_device_read(PyObject *op, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     rc = pa_sim_device_access(self->be, addr, PyBytes_AS_STRING(out), (size_t)n, false, &err);
     Py_END_ALLOW_THREADS
-    if (rc < 0 || (rc > 0 && pa_py_report(self, rc, &err) < 0)) {
+    /* check=False: a debugger's peek; a read changes nothing, so only the report goes */
+    if (rc < 0 || (rc > 0 && check && pa_py_report(self, rc, &err) < 0)) {
         Py_DECREF(out);
         return rc < 0 ? pa_py_raise(rc, &err) : NULL;
     }
@@ -298,19 +336,23 @@ static PyObject *backend_coherent(PyObject *op, void *closure)
     if (self->be == NULL) {
         Py_RETURN_NONE;
     }
-    return PyBool_FromLong(self->be->coherent);
+    return PyBool_FromLong(pa_default_coherent(self->be));
 }
 
 PyDoc_STRVAR(allocate_doc,
-             "allocate($self, shape, dtype='u4', *, cacheable=None, align=None)\n--\n\n"
+             "allocate($self, shape, dtype='u4', *, cacheable=None, align=None, "
+             "address_bits=None)\n--\n\n"
              "Allocate a zeroed Buffer from this backend.");
 PyDoc_STRVAR(info_doc, "info($self)\n--\n\nA dict: name, total, used, free, largest_free, buffers "
-                       "(bytes and counts), coherent, cache_line_size, closed, check.");
+                       "(bytes and counts), coherent (of a cacheable=None buffer), cacheable (the "
+                       "backend's default), cache_line_size, closed, check, lowest_address, "
+                       "highest_address (None where only the kernel knows), base_address (sim).");
 PyDoc_STRVAR(close_doc, "close($self)\n--\n\nNo new allocations; the backend's resources are "
                         "released when its last buffer is gone (at once if there is none).");
 PyDoc_STRVAR(device_read_doc,
-             "device_read($self, device_address, nbytes)\n--\n\nsim only: what the simulated device "
-             "reads at device_address (bytes).");
+             "device_read($self, device_address, nbytes, *, check=True)\n--\n\nsim only: what "
+             "the simulated device reads at device_address (bytes). check=False peeks without "
+             "a coherency report (for test benches and debuggers).");
 PyDoc_STRVAR(device_write_doc,
              "device_write($self, device_address, data)\n--\n\nsim only: the simulated device writes "
              "data (any bytes-like object) at device_address.");
@@ -320,7 +362,8 @@ static PyMethodDef backend_methods[] = {
      allocate_doc},
     {"info", backend_info, METH_NOARGS, info_doc},
     {"close", backend_close, METH_NOARGS, close_doc},
-    {"device_read", backend_device_read, METH_VARARGS, device_read_doc},
+    {"device_read", (PyCFunction)(void (*)(void))backend_device_read,
+     METH_VARARGS | METH_KEYWORDS, device_read_doc},
     {"device_write", backend_device_write, METH_VARARGS, device_write_doc},
     {"__enter__", backend_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))backend_exit, METH_FASTCALL, NULL},

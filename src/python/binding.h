@@ -73,11 +73,15 @@ int pa_py_backend_ready(void);
 
 PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs);
 PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyObject *cacheable,
-                         PyObject *align);
+                         PyObject *align, PyObject *address_bits);
+/* cacheable: None -> 0, True/1 -> PA_CACHED, False/0 -> PA_UNCACHED; else an exception */
+int pa_py_parse_cacheable(PyObject *cacheable, unsigned *flags);
 /* argument parsing for METH_FASTCALL | METH_KEYWORDS: out[] has nall slots,
- * preset to defaults (NULL = missing); the first name is required */
+ * preset to defaults (NULL = missing); the first name is required. Unknown
+ * keywords: a TypeError naming the accepted ones, or, with extra != NULL,
+ * collected into a new dict *extra (left NULL when there are none). */
 int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                   const char *const *names, int npos, int nall, PyObject **out);
+                   const char *const *names, int npos, int nall, PyObject **out, PyObject **extra);
 /* allocation.c: lifetime and counting */
 /* release the core block (idempotent); closes the core backend if it was the last */
 void pa_py_allocation_release(AllocationObject *a);
@@ -89,6 +93,13 @@ AllocationObject *pa_py_shared_allocation(PyArrayObject *arr, PyObject *parent);
 PyObject *pa_py_freebuffer(PyObject *self, PyObject *unused);
 /* the live allocation when self is its root Buffer, else NULL */
 AllocationObject *pa_py_root_of(PyObject *self);
+/* wrap.c: Buffers over another owner's memory */
+PyObject *pa_py_wrap(PyObject *obj, PyObject *device_address, PyObject *coherent,
+                     PyObject *backend, PyObject *on_free);
+int pa_py_is_wrap(const AllocationObject *a);
+/* releases a wrap's export and runs its on_free once (from pa_py_allocation_release) */
+void pa_py_wrap_release(AllocationObject *a);
+int pa_py_wrap_ready(void);
 /* a result NumPy made from the root that holds the root: re-point it at the anchor */
 PyObject *pa_py_rehome(PyObject *self, PyObject *res);
 

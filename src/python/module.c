@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 typedef struct {
@@ -39,23 +40,47 @@ static PyObject *pa_probe_list(void)
     return list;
 }
 
-static PyObject *pa_open_with_check(const char *spec)
+/* opens spec with PYNQ_ALLOC_SIM_CHECK (sim only) and, for the default
+ * backend, PYNQ_ALLOC_CACHEABLE as options */
+static PyObject *pa_open_with_env(const char *spec, int is_default)
 {
-    PyObject *pyspec = PyUnicode_FromString(spec), *kwargs = NULL, *res = NULL;
+    PyObject *pyspec = PyUnicode_FromString(spec), *kwargs = PyDict_New(), *res = NULL;
     const char *check = getenv("PYNQ_ALLOC_SIM_CHECK");
-    if (pyspec == NULL) {
-        return NULL;
+    const char *cacheable = getenv("PYNQ_ALLOC_CACHEABLE");
+    if (pyspec == NULL || kwargs == NULL) {
+        goto done;
     }
     if (check != NULL && check[0] != '\0' && strncmp(spec, "sim", 3) == 0 &&
         (spec[3] == '\0' || spec[3] == ':')) {
-        kwargs = Py_BuildValue("{s:s}", "check", check);
-        if (kwargs == NULL) {
+        PyObject *v = PyUnicode_FromString(check);
+        if (v == NULL || PyDict_SetItemString(kwargs, "check", v) < 0) {
+            Py_XDECREF(v);
+            goto done;
+        }
+        Py_DECREF(v);
+    }
+    if (is_default && cacheable != NULL && cacheable[0] != '\0') {
+        PyObject *v = NULL;
+        if (!strcmp(cacheable, "1") || !strcasecmp(cacheable, "true") ||
+            !strcasecmp(cacheable, "yes")) {
+            v = Py_True;
+        } else if (!strcmp(cacheable, "0") || !strcasecmp(cacheable, "false") ||
+                   !strcasecmp(cacheable, "no")) {
+            v = Py_False;
+        } else {
+            PyErr_Format(PyExc_ValueError,
+                         "PYNQ_ALLOC_CACHEABLE=%s: use 1 (the default backend's buffers are "
+                         "cacheable) or 0 (PYNQ's default: non-cacheable)",
+                         cacheable);
+            goto done;
+        }
+        if (PyDict_SetItemString(kwargs, "cacheable", v) < 0) {
             goto done;
         }
     }
     res = pa_py_backend_open(pyspec, kwargs);
 done:
-    Py_DECREF(pyspec);
+    Py_XDECREF(pyspec);
     Py_XDECREF(kwargs);
     return res;
 }
@@ -75,12 +100,12 @@ static PyObject *pa_resolve_default(pa_state *st)
     const char *env = getenv("PYNQ_ALLOC_BACKEND");
     PyObject *be = NULL;
     if (env != NULL && env[0] != '\0') {
-        be = pa_open_with_check(env);
+        be = pa_open_with_env(env, 1);
     } else {
         for (size_t i = 0; be == NULL && pa_all_ops[i] != NULL; i++) {
             pa_err why;
             if (pa_all_ops[i]->board && pa_all_ops[i]->probe(NULL, &why) == 0) {
-                be = pa_open_with_check(pa_all_ops[i]->name);
+                be = pa_open_with_env(pa_all_ops[i]->name, 1);
                 if (be == NULL) {
                     return NULL;
                 }
@@ -117,15 +142,17 @@ static PyObject *pa_resolve_default(pa_state *st)
         if (be == NULL) {
             if (!st->warned) {
                 st->warned = 1;
+                /* stacklevel 1 from C is the Python frame that called
+                 * allocate()/default_backend(): the caller's own line */
                 if (PyErr_WarnEx(PyExc_UserWarning,
                                  "pynq_alloc: no DMA hardware found; using the simulated 'sim' "
                                  "backend (device addresses are simulated). Set "
                                  "PYNQ_ALLOC_BACKEND to choose a backend.",
-                                 2) < 0) {
+                                 1) < 0) {
                     return NULL;
                 }
             }
-            be = pa_open_with_check("sim");
+            be = pa_open_with_env("sim", 1);
         }
     }
     st->dflt = be;
@@ -152,7 +179,7 @@ static PyObject *pa_resolve_target(pa_state *st, PyObject *target)
         return st->dflt;
     }
     const char *spec = PyUnicode_AsUTF8(target);
-    if (spec == NULL || (be = pa_open_with_check(spec)) == NULL) {
+    if (spec == NULL || (be = pa_open_with_env(spec, 0)) == NULL) {
         return NULL;
     }
     int rc = PyDict_SetItem(st->specs, target, be);
@@ -160,9 +187,11 @@ static PyObject *pa_resolve_target(pa_state *st, PyObject *target)
     return rc < 0 ? NULL : be;
 }
 
-/* PYNQ's contract for other targets: target.allocate(shape, dtype, **kwargs) */
+/* PYNQ's contract for other targets: target.allocate(shape, dtype, **kwargs);
+ * keywords we do not know (PYNQ's pointer=, cache= ...) go unchanged */
 static PyObject *pa_allocate_foreign(PyObject *target, PyObject *shape, PyObject *dtype,
-                                     PyObject *cacheable, PyObject *align)
+                                     PyObject *cacheable, PyObject *align, PyObject *address_bits,
+                                     PyObject *extra)
 {
     PyObject *meth = PyObject_GetAttrString(target, "allocate");
     if (meth == NULL) {
@@ -173,14 +202,15 @@ static PyObject *pa_allocate_foreign(PyObject *target, PyObject *shape, PyObject
                      Py_TYPE(target)->tp_name);
         return NULL;
     }
-    PyObject *kw = PyDict_New(), *res = NULL;
+    PyObject *kw = extra != NULL ? PyDict_Copy(extra) : PyDict_New(), *res = NULL;
     PyObject *args = Py_BuildValue("(OO)", shape, dtype != NULL ? dtype : Py_None);
     if (dtype == NULL && args != NULL) {
         Py_SETREF(args, Py_BuildValue("(Os)", shape, "u4"));
     }
     if (kw != NULL && args != NULL &&
         (cacheable == Py_None || PyDict_SetItemString(kw, "cacheable", cacheable) == 0) &&
-        (align == Py_None || PyDict_SetItemString(kw, "align", align) == 0)) {
+        (align == Py_None || PyDict_SetItemString(kw, "align", align) == 0) &&
+        (address_bits == Py_None || PyDict_SetItemString(kw, "address_bits", address_bits) == 0)) {
         res = PyObject_Call(meth, args, kw);
     }
     Py_XDECREF(kw);
@@ -190,16 +220,29 @@ static PyObject *pa_allocate_foreign(PyObject *target, PyObject *shape, PyObject
 }
 
 PyDoc_STRVAR(allocate_doc,
-             "allocate(shape, dtype='u4', target=None, *, cacheable=None, align=None)\n--\n\n"
+             "allocate(shape, dtype='u4', target=None, *, cacheable=None, align=None, "
+             "address_bits=None, **kwargs)\n--\n\n"
              "Allocate a zeroed, physically contiguous Buffer (a numpy.ndarray subclass).\n\n"
              "target: None (the default backend), a backend, a spec string such as 'sim' or "
              "'hugepage', or any object with an allocate(shape, dtype, **kwargs) method (PYNQ "
-             "devices and memories).\ncacheable: None for the backend's default; False asks for "
-             "a coherent (write-combine) buffer.\nalign: a power of two in bytes (default "
-             "4096).");
+             "devices and memories; other keywords go to it unchanged).\ncacheable: None is "
+             "PYNQ's default, non-cacheable (coherent) memory where the backend can map it "
+             "(or the backend's default); True asks for cached memory with flush()/invalidate(); "
+             "False insists on non-cacheable.\nalign: a power of two in bytes (default 4096)."
+             "\naddress_bits: every byte's device address is below 2**address_bits.");
+
+/* "shape, dtype, ..." for error messages */
+static PyObject *pa_name_list(const char *const *names, int nall)
+{
+    PyObject *text = PyUnicode_FromString("");
+    for (int j = 0; text != NULL && j < nall; j++) {
+        PyUnicode_AppendAndDel(&text, PyUnicode_FromFormat("%s%s", j ? ", " : "", names[j]));
+    }
+    return text;
+}
 
 int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-                   const char *const *names, int npos, int nall, PyObject **out)
+                   const char *const *names, int npos, int nall, PyObject **out, PyObject **extra)
 {
     if (nargs > npos) {
         PyErr_Format(PyExc_TypeError, "%s() takes at most %d positional arguments (%zd given)",
@@ -216,47 +259,112 @@ int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, P
         while (j < nall && PyUnicode_CompareWithASCIIString(key, names[j]) != 0) {
             j++;
         }
+        if (j == nall && extra != NULL) {
+            /* for a foreign target's allocate(), unchanged */
+            if ((*extra == NULL && (*extra = PyDict_New()) == NULL) ||
+                PyDict_SetItem(*extra, key, args[nargs + k]) < 0) {
+                Py_CLEAR(*extra);
+                return -1;
+            }
+            continue;
+        }
         if (j == nall) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
-                         key);
+            PyObject *list = pa_name_list(names, nall);
+            if (list != NULL) {
+                PyErr_Format(PyExc_TypeError,
+                             "%s() got an unexpected keyword argument '%U' (it takes %U)", fname,
+                             key, list);
+                Py_DECREF(list);
+            }
             return -1;
         }
         if (j < nargs) {
             PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
                          names[j]);
-            return -1;
+            goto fail;
         }
         out[j] = args[nargs + k];
     }
     if (out[0] == NULL) {
         PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[0]);
-        return -1;
+        goto fail;
     }
     return 0;
+fail:
+    if (extra != NULL) {
+        Py_CLEAR(*extra);
+    }
+    return -1;
 }
 
 static PyObject *pa_allocate(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
                              PyObject *kwnames)
 {
-    static const char *const names[] = {"shape", "dtype", "target", "cacheable", "align"};
-    PyObject *v[5] = {NULL, NULL, NULL, Py_None, Py_None};
-    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 3, 5, v) < 0) {
+    static const char *const names[] = {"shape", "dtype", "target", "cacheable", "align",
+                                        "address_bits"};
+    PyObject *v[6] = {NULL, NULL, NULL, Py_None, Py_None, Py_None};
+    PyObject *extra = NULL, *res = NULL;
+    if (pa_py_fastargs("allocate", args, nargs, kwnames, names, 3, 6, v, &extra) < 0) {
         return NULL;
     }
     PyObject *be = pa_resolve_target(pa_get_state(module), v[2]);
     if (be == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
+        if (!PyErr_Occurred()) {
+            res = pa_allocate_foreign(v[2], v[0], v[1], v[3], v[4], v[5], extra);
         }
-        return pa_allocate_foreign(v[2], v[0], v[1], v[3], v[4]);
+    } else if (extra != NULL) {
+        /* ours: a keyword we do not know is a mistake, not something to pass on */
+        Py_ssize_t pos = 0;
+        PyObject *key, *value, *list = pa_name_list(names, 6);
+        PyDict_Next(extra, &pos, &key, &value);
+        if (list != NULL) {
+            PyErr_Format(PyExc_TypeError,
+                         "allocate() got an unexpected keyword argument '%U' (it takes %U; "
+                         "other keywords are passed only to a foreign target's allocate())",
+                         key, list);
+            Py_DECREF(list);
+        }
+    } else {
+        res = pa_py_allocate((BackendObject *)be, v[0], v[1], v[3], v[4], v[5]);
     }
-    return pa_py_allocate((BackendObject *)be, v[0], v[1], v[3], v[4]);
+    Py_XDECREF(extra);
+    return res;
+}
+
+PyDoc_STRVAR(wrap_doc,
+             "wrap(obj, device_address, *, coherent=True, backend=None, on_free=None)\n--\n\n"
+             "A Buffer over memory another owner provides (anything with the buffer protocol or "
+             "__array_interface__: an mmap, a PYNQ buffer, a DRM frame, a pynq_alloc Buffer), "
+             "with the same views, address arithmetic and lifetime rules as allocate()'s.\n"
+             "device_address: the device address of obj's first element.\ncoherent: False "
+             "when the CPU maps it cached (flush()/invalidate() then use the CPU's own cache "
+             "maintenance: x86, AArch64); a pynq_alloc Buffer keeps its own.\nbackend: what "
+             "buf.backend reports.\non_free(obj): called once when the wrap is freed "
+             "(freebuffer() or its last view gone); freebuffer() never frees obj's memory.");
+
+static PyObject *pa_wrap(PyObject *module, PyObject *const *args, Py_ssize_t nargs,
+                         PyObject *kwnames)
+{
+    (void)module;
+    static const char *const names[] = {"obj", "device_address", "coherent", "backend",
+                                        "on_free"};
+    PyObject *v[5] = {NULL, NULL, NULL, Py_None, Py_None};
+    if (pa_py_fastargs("wrap", args, nargs, kwnames, names, 2, 5, v, NULL) < 0) {
+        return NULL;
+    }
+    if (v[1] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "wrap() missing required argument 'device_address'");
+        return NULL;
+    }
+    return pa_py_wrap(v[0], v[1], v[2], v[3], v[4]);
 }
 
 PyDoc_STRVAR(open_backend_doc,
              "open_backend(spec, **options)\n--\n\n"
              "Open a new backend. spec: 'sim', 'hugepage', ... Options are backend specific, "
-             "e.g. open_backend('sim', size=64 << 20, coherent=False, check='raise').");
+             "e.g. open_backend('sim', size=64 << 20, coherent=False, check='raise'); every "
+             "backend takes cacheable=True (what cacheable=None means for its buffers: cached "
+             "instead of PYNQ's non-cacheable default).");
 
 static PyObject *pa_open_backend(PyObject *module, PyObject *args, PyObject *kwargs)
 {
@@ -299,7 +407,7 @@ static PyObject *pa_set_default_backend(PyObject *module, PyObject *arg)
         be = arg;
     } else if (PyUnicode_Check(arg)) {
         const char *spec = PyUnicode_AsUTF8(arg);
-        if (spec == NULL || (be = pa_open_with_check(spec)) == NULL) {
+        if (spec == NULL || (be = pa_open_with_env(spec, 1)) == NULL) {
             return NULL;
         }
     } else {
@@ -330,6 +438,7 @@ static PyObject *pa_cache_info(PyObject *module, PyObject *unused)
 static PyMethodDef pa_methods[] = {
     {"allocate", (PyCFunction)(void (*)(void))pa_allocate, METH_FASTCALL | METH_KEYWORDS,
      allocate_doc},
+    {"wrap", (PyCFunction)(void (*)(void))pa_wrap, METH_FASTCALL | METH_KEYWORDS, wrap_doc},
     {"open_backend", (PyCFunction)(void (*)(void))pa_open_backend, METH_VARARGS | METH_KEYWORDS,
      open_backend_doc},
     {"default_backend", pa_default_backend, METH_NOARGS, default_backend_doc},
@@ -361,7 +470,7 @@ static int pa_exec(PyObject *module)
         if (PaExc_CoherencyWarning == NULL || PaExc_CoherencyError == NULL) {
             return -1;
         }
-        if (pa_py_buffer_ready() < 0 || pa_py_backend_ready() < 0) {
+        if (pa_py_buffer_ready() < 0 || pa_py_backend_ready() < 0 || pa_py_wrap_ready() < 0) {
             return -1;
         }
     }

@@ -524,6 +524,77 @@ static void test_constant_work(void)
           "%llu / %llu steps", (unsigned long long)small, (unsigned long long)big);
 }
 
+/* address_bits: blocks that must end by a limit are placed below it, the
+ * lowest fitting stretch first, and refused (-ENOMEM, nothing changed) when
+ * nothing below fits, even with room above. */
+static void test_below_limit(void)
+{
+    const size_t total = 64 * KiB;
+    pa_tlsf *t = pa_tlsf_create(total, G);
+    model m;
+    model_init(&m, total, total / G);
+    size_t off, got;
+    pa_tlsf_block *h, *hs[8];
+    int ok = 1;
+    /* fill [0, 16K) with 4K blocks, then free the second one */
+    for (int i = 0; i < 4; i++) {
+        ok = ok && pa_tlsf_alloc_below(t, 4 * KiB, G, 16 * KiB, &off, &got, &hs[i]) == 0 &&
+             off == (size_t)i * 4 * KiB && got == 4 * KiB;
+    }
+    check(ok, "below: first fit in address order fills the low end", "off %zu", off);
+    pa_tlsf_free(t, hs[1]);
+    int rc = pa_tlsf_alloc_below(t, 2 * KiB, 1 * KiB, 16 * KiB, &off, &got, &h);
+    check(rc == 0 && off == 4 * KiB && off + got <= 16 * KiB,
+          "below: the freed hole under the limit is reused", "rc %d off %zu", rc, off);
+    pa_tlsf_free(t, h);
+    rc = pa_tlsf_alloc_below(t, 8 * KiB, G, 16 * KiB, &off, &got, &h);
+    pa_tlsf_stats st;
+    pa_tlsf_get_stats(t, &st);
+    check(rc == -ENOMEM && st.used == 12 * KiB && st.blocks == 3,
+          "below: no room under the limit is -ENOMEM although 48K are free above",
+          "rc %d used %zu", rc, st.used);
+    rc = pa_tlsf_alloc_below(t, 4 * KiB, 4 * KiB, 16 * KiB, &off, &got, &h);
+    check(rc == 0 && off == 4 * KiB && off + got <= 16 * KiB,
+          "below: a block may end exactly at the limit's stretch", "rc %d off %zu", rc, off);
+    pa_tlsf_free(t, h);
+    rc = pa_tlsf_alloc_below(t, 4 * KiB, G, 10 * KiB, &off, &got, &h);
+    check(rc == 0 && off == 4 * KiB && off + got <= 10 * KiB,
+          "below: a limit that is not a block boundary", "rc %d off %zu", rc, off);
+    pa_tlsf_free(t, h);
+    rc = pa_tlsf_alloc_below(t, 4 * KiB, G, 6 * KiB, &off, &got, &h);
+    check(rc == -ENOMEM, "below: the limit cuts the hole short: -ENOMEM", "rc %d", rc);
+    rc = pa_tlsf_alloc_below(t, 4 * KiB, G, SIZE_MAX, &off, &got, &h);
+    check(rc == 0 && got == 4 * KiB, "below: a limit beyond the region is no limit",
+          "rc %d", rc);
+    pa_tlsf_free(t, h);
+    /* random sizes and limits against the model: never past the limit, no overlap */
+    for (int i = 0; i < 4; i++) {
+        pa_tlsf_free(t, hs[i]);
+    }
+    for (int i = 0; i < 2000 && ok; i++) {
+        size_t lim = G * (1 + rng_below(total / G));
+        size_t size = G * (1 + rng_below(32));
+        rc = pa_tlsf_alloc_below(t, size, G << rng_below(4), lim, &off, &got, &h);
+        if (rc == 0) {
+            ok = off + got <= lim && model_add(&m, h, off, got);
+        } else {
+            ok = rc == -ENOMEM;
+        }
+        if (m.nlive > 0 && rng_below(3) == 0) {
+            pa_tlsf_free(t, model_take(&m, rng_below(m.nlive)).h);
+        }
+    }
+    check(ok, "below: 2000 random limits, never a byte past one, no overlap", "at off %zu", off);
+    while (m.nlive > 0) {
+        pa_tlsf_free(t, model_take(&m, 0).h);
+    }
+    pa_tlsf_get_stats(t, &st);
+    check(st.free == total && st.blocks == 0, "below: everything coalesces back", "free %zu",
+          st.free);
+    model_fini(&m);
+    pa_tlsf_destroy(t);
+}
+
 int main(void)
 {
     test_create();
@@ -532,6 +603,7 @@ int main(void)
     test_coalesce();
     test_random();
     test_overflow();
+    test_below_limit();
     test_constant_work();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
