@@ -139,7 +139,8 @@ static int pa_sim_open(pa_backend *be, const char *arg, const pa_option *opts, s
                          "sim option size=%llu must be a multiple of %d bytes between %d and %zu",
                          (unsigned long long)size, PA_LINE, PA_LINE, (size_t)SIZE_MAX / 2);
     }
-    if (base % PA_LINE != 0 || base > UINT64_MAX - size) {
+    /* the last byte may be 2**64 - 1 */
+    if (base % PA_LINE != 0 || size - 1 > UINT64_MAX - base) {
         return pa_seterr(err, EINVAL,
                          "sim option base_address=0x%llx must be %d-byte aligned and leave room "
                          "for size=%llu bytes below 2**64",
@@ -208,9 +209,26 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                         pa_err *err)
 {
     pa_sim *s = be->priv;
-    size_t off, got;
+    size_t off, got, skip = 0;
     pa_tlsf_block *h;
-    int rc = pa_tlsf_alloc(s->tlsf, size, align, &off, &got, &h);
+    int rc;
+    if ((s->base & (align - 1)) == 0) {
+        rc = pa_tlsf_alloc(s->tlsf, size, align, &off, &got, &h);
+    } else {
+        /* base_address is not aligned to align, so aligned offsets would not
+         * give aligned device addresses: take a block with room to skip to
+         * the first aligned device address (the device's alignment is what
+         * counts; the CPU address then has the base's misalignment) */
+        size_t span;
+        if (__builtin_add_overflow(size, align - PA_LINE, &span)) {
+            return pa_seterr(err, ENOMEM, "sim backend cannot allocate %zu bytes (align %zu)",
+                             size, align);
+        }
+        rc = pa_tlsf_alloc(s->tlsf, span, PA_LINE, &off, &got, &h);
+        if (rc == 0) {
+            skip = (size_t)((align - ((s->base + off) & (align - 1))) & (align - 1));
+        }
+    }
     if (rc < 0) {
         pa_tlsf_stats st;
         pa_tlsf_get_stats(s->tlsf, &st);
@@ -221,6 +239,8 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                          size, align, st.free, st.largest_free, st.total);
     }
     bool coherent = be->coherent || (flags & PA_UNCACHED) != 0;
+    off += skip; /* the skipped lines stay unallocated for the device */
+    got -= skip;
     pa_sim_zero(s->cpu, off, got);
     pa_sim_zero(s->dev, off, got);
     memset(s->lines + off / PA_LINE, SIM_ALLOC | (coherent ? SIM_COHERENT : 0), got / PA_LINE);
@@ -229,7 +249,7 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     blk->size = got;
     blk->coherent = coherent;
     blk->handle = h;
-    blk->aux = off;
+    blk->aux = off; /* the TLSF block may start before it (skip above) */
     return 0;
 }
 
@@ -459,9 +479,10 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
                     s->lines[l] |= SIM_DEVWROTE;
                 }
             }
-            memcpy(mem, p + (o - start), end - o);
+            /* the source may be a Buffer over this very memory */
+            memmove(mem, p + (o - start), end - o);
         } else {
-            memcpy(p + (o - start), mem, end - o);
+            memmove(p + (o - start), mem, end - o);
         }
         o = end;
     }
@@ -482,7 +503,10 @@ static void pa_sim_info(pa_backend *be, pa_info *info)
 
 static void pa_sim_close(pa_backend *be)
 {
-    pa_sim_release(be->priv);
+    pa_sim *s = be->priv;
+    pa_retire(s->cpu, s->size); /* arrays may still point here: see pa_retire */
+    s->cpu = NULL;
+    pa_sim_release(s);
     be->priv = NULL;
 }
 

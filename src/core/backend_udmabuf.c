@@ -729,7 +729,7 @@ static int pa_udmabuf_pick_sync(pa_udmabuf *u, pa_err *err)
 static void pa_udmabuf_release(pa_udmabuf *u)
 {
     if (u->cpu != NULL) {
-        munmap(u->cpu, u->map_len);
+        pa_retire(u->cpu, u->map_len); /* arrays may still point here: see pa_retire */
     }
     if (u->wc_fd >= 0) {
         close(u->wc_fd);

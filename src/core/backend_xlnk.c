@@ -291,6 +291,8 @@ static void pa_xlnk_cma_release(pa_xlnk *x, pa_xlnk_cma *c)
 {
     pthread_mutex_lock(&pa_xlnk_cma_lock);
     x->cma_free(c->pc.cpu);
+    /* libcma unmapped it; arrays may still point here: see pa_retire */
+    pa_retire_hole(c->pc.cpu, c->pc.len);
     pthread_mutex_unlock(&pa_xlnk_cma_lock);
     x->held -= c->pc.len;
     free(c);

@@ -274,7 +274,7 @@ static void pa_zocl_gem_close(pa_zocl *z, uint32_t handle)
 
 static void pa_zocl_bo_destroy(pa_zocl *z, pa_zocl_bo *bo)
 {
-    munmap(bo->pc.cpu, bo->pc.len);
+    pa_retire(bo->pc.cpu, bo->pc.len); /* arrays may still point here: see pa_retire */
     pa_zocl_gem_close(z, bo->handle);
     z->bo_bytes -= bo->pc.len;
     free(bo);

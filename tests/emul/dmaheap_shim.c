@@ -525,15 +525,44 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 }
 
 /* is64: called as mmap64 (off64_t offsets on 32-bit targets) */
+/* A MAP_FIXED mapping replaces what was there, as munmap would: the kernel
+ * drops those dma-buf mappings (and their references on the buffer). */
+static void shim_fixed_replaced(void *addr, size_t len)
+{
+    uintptr_t lo = (uintptr_t)addr, hi = lo + (len + SHIM_PAGE - 1) / SHIM_PAGE * SHIM_PAGE;
+    for (int i = 0; i < SHIM_MAX; i++) {
+        shim_map *m = &shim_maps[i];
+        uintptr_t mlo = (uintptr_t)m->addr, mhi = mlo + m->real_len;
+        if (m->addr == NULL || mhi <= lo || mlo >= hi) {
+            continue;
+        }
+        shim_buf *sb = &shim_bufs[m->buf];
+        if (mlo < lo || mhi > hi) {
+            shim_log("BAD mmap MAP_FIXED over part of buf=%d's mapping addr=0x%lx", sb->id,
+                     (unsigned long)mlo);
+            continue;
+        }
+        shim_log("munmap buf=%d addr=0x%lx len=%zu (replaced by MAP_FIXED)", sb->id,
+                 (unsigned long)mlo, m->len);
+        m->addr = NULL;
+        sb->maps--;
+        shim_buf_maybe_release(m->buf);
+    }
+}
+
 static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd, off64_t off, int is64)
 {
     shim_resolve();
     pthread_mutex_lock(&shim_lock);
     shim_fd *f = fd >= 0 ? shim_fd_find(fd) : NULL;
     if (f == NULL || f->buf < 0) {
+        void *p = is64 ? real_mmap64(addr, len, prot, flags, fd, off)
+                       : real_mmap(addr, len, prot, flags, fd, (off_t)off);
+        if (p != MAP_FAILED && (flags & MAP_FIXED) != 0) {
+            shim_fixed_replaced(p, len);
+        }
         pthread_mutex_unlock(&shim_lock);
-        return is64 ? real_mmap64(addr, len, prot, flags, fd, off)
-                    : real_mmap(addr, len, prot, flags, fd, (off_t)off);
+        return p;
     }
     shim_buf *sb = &shim_bufs[f->buf];
     int e = 0;
