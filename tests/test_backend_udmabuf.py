@@ -141,7 +141,8 @@ def run_ioctl(code, fake, shim, cwd, **env):
         log.unlink()
     # after what is preloaded already (a sanitizer runtime must stay first)
     r = run(code, cwd, LD_PRELOAD=":".join(filter(None, [os.environ.get("LD_PRELOAD"), shim])), UDMABUF_EMUL_DEV=fake.dev, UDMABUF_EMUL_SIZE=fake.size,
-            UDMABUF_EMUL_PHYS=fake.phys, UDMABUF_EMUL_LOG=log, PYNQ_ALLOC_SYSROOT=fake.root, **env)
+            UDMABUF_EMUL_PHYS=fake.phys, UDMABUF_EMUL_LOG=log, PYNQ_ALLOC_SYSROOT=fake.root,
+            UDMABUF_EMUL_SYSDIR=fake.sys, **env)
     lines = log.read_text().splitlines() if log.exists() else []
     rows = [(w[0], int(w[1]), int(w[2]), int(w[3]), w[4]) for w in map(str.split, lines)]
     return r, rows
@@ -352,6 +353,31 @@ bufs[4][1:2].invalidate()
     assert log[-3:] == [("device", 4 * GB, 64, 1, "args"), ("device", 4 * GB, 64, 1, "args"),
                         ("cpu", 4 * GB, 64, 2, "args")]
     assert all(row[4] == "word" for row in log[:-3])
+
+
+def test_ioctl_set_sync_range_is_put_back_at_close(root, shim, tmp_path):
+    """SET_SYNC stores its offset, size and direction as the driver's sync range
+    (u-dma-buf.c: the same state the sysfs attributes show); what was there at
+    open is put back at close, as for the sysfs path."""
+    fake = FakeUdmabuf(root, size=4 * GB + MB)
+    fake.put("sync_offset", "0x1f000")
+    fake.put("sync_size", "8192")
+    fake.put("sync_direction", "2")
+    code = f"""
+import pynq_alloc
+be = pynq_alloc.open_backend('udmabuf')
+bufs = [be.allocate(64, 'u1', align=1 << 30) for _ in range(5)]
+bufs[4].invalidate()
+with open({str(fake.sys / "sync_offset")!r}) as f:
+    print('during', int(f.read(), 0))
+del bufs
+be.close()
+"""
+    r, log = run_ioctl(code, fake, shim, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert log[-1] == ("cpu", 4 * GB, 64, 2, "args")
+    assert f"during {4 * GB}" in r.stdout  # the driver's range was overwritten meanwhile
+    assert fake.stored() == (0x1F000, 8192, 2)
 
 
 def test_ioctl_failure_is_reported_and_nothing_leaks(fake, shim, tmp_path):

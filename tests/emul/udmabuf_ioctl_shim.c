@@ -7,6 +7,10 @@
  *   UDMABUF_EMUL_LOG   one line per sync call:  "<device|cpu> OFFSET SIZE DIR <how>"
  *                      how: "word" (SET_SYNC_FOR_*), "args" (SET_SYNC)
  *   UDMABUF_EMUL_FAIL  errno value every sync call fails with (optional)
+ *   UDMABUF_EMUL_SYSDIR the fake's sysfs directory: GET_SYNC reads and SET_SYNC
+ *                      stores the driver's sync range there (sync_offset,
+ *                      sync_size, sync_direction), as the driver keeps one
+ *                      range for both interfaces (optional)
  *
  * The checks are the driver's: a one-shot word carries offset << 32 | size
  * (bits 4..31) | direction << 2 | 1; offset + size must lie inside the buffer. */
@@ -37,7 +41,36 @@ typedef struct {
 #define EMUL_GET_DMA_ADDR _IOR('U', 3, uint64_t)
 #define EMUL_SET_SYNC_FOR_CPU _IOW('U', 5, uint64_t)
 #define EMUL_SET_SYNC_FOR_DEVICE _IOW('U', 6, uint64_t)
+#define EMUL_GET_SYNC _IOR('U', 8, emul_sync_args)
 #define EMUL_SET_SYNC _IOW('U', 9, emul_sync_args)
+
+/* one of the driver's stored-range attributes in UDMABUF_EMUL_SYSDIR */
+static int attr_rw(const char *name, uint64_t *value, int write_it)
+{
+    const char *dir = getenv("UDMABUF_EMUL_SYSDIR");
+    char path[4096], text[64];
+    if (dir == NULL) {
+        return -1;
+    }
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, write_it ? "we" : "re");
+    if (f == NULL) {
+        return -1;
+    }
+    int ok;
+    if (write_it) {
+        /* as the driver shows them: sync_offset "0x%llx", the others "%llu" */
+        ok = fprintf(f, strcmp(name, "sync_offset") == 0 ? "0x%llx\n" : "%llu\n",
+                     (unsigned long long)*value) > 0;
+    } else {
+        ok = fgets(text, sizeof(text), f) != NULL;
+        if (ok) {
+            *value = strtoull(text, NULL, 0);
+        }
+    }
+    fclose(f);
+    return ok ? 0 : -1;
+}
 
 static uint64_t env_u64(const char *name)
 {
@@ -123,11 +156,34 @@ static int emulate(unsigned long req, void *arg)
         }
         return do_sync(who, w >> 32, w & 0xFFFFFFF0u, (int)((w >> 2) & 3), "word");
     }
+    case EMUL_GET_SYNC: {
+        emul_sync_args a;
+        uint64_t dir = 0;
+        memset(&a, 0, sizeof(a));
+        if (attr_rw("sync_offset", &a.offset, 0) < 0 || attr_rw("sync_size", &a.size, 0) < 0 ||
+            attr_rw("sync_direction", &dir, 0) < 0) {
+            errno = EIO;
+            return -1;
+        }
+        a.flags = (dir & 3) << 2;
+        memcpy(arg, &a, sizeof(a));
+        return 0;
+    }
     case EMUL_SET_SYNC: {
         emul_sync_args a;
         memcpy(&a, arg, sizeof(a));
         unsigned cmd = (unsigned)(a.flags & 3);
         int dir = (int)((a.flags >> 2) & 3);
+        /* the driver stores the range first: direction 0..2, the offset always,
+         * the size unless 0 */
+        uint64_t d = (uint64_t)dir;
+        if (dir <= 2) {
+            attr_rw("sync_direction", &d, 1);
+        }
+        attr_rw("sync_offset", &a.offset, 1);
+        if (a.size > 0) {
+            attr_rw("sync_size", &a.size, 1);
+        }
         if (cmd == 3) {
             return do_sync("device", a.offset, a.size, dir, "args");
         }
