@@ -27,6 +27,10 @@ void pa_py_allocation_release(AllocationObject *a)
     Py_DECREF(b);
 }
 
+/* backends of blocks kept for the rest of the process (see allocation_dealloc);
+ * held here so that what is kept stays reachable, not leaked */
+static PyObject *pa_kept;
+
 static void allocation_dealloc(PyObject *self)
 {
     AllocationObject *a = (AllocationObject *)self;
@@ -36,7 +40,18 @@ static void allocation_dealloc(PyObject *self)
      * the block (and its backend) for the rest of the process rather than
      * let the next allocation alias it. */
     if (a->anchor != NULL && Py_REFCNT(a->anchor) > 0 && a->backend != NULL) {
-        a->backend = NULL; /* its reference is kept with the block */
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        if (pa_kept == NULL) {
+            pa_kept = PyList_New(0);
+        }
+        if (pa_kept == NULL || PyList_Append(pa_kept, (PyObject *)a->backend) < 0) {
+            PyErr_Clear();
+            Py_INCREF(a->backend); /* cannot record it: keep it all the same */
+        }
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        Py_DECREF(a->backend); /* the list holds it now */
+        a->backend = NULL;
     }
     pa_py_allocation_release(a);
     Py_TYPE(self)->tp_free(self);
