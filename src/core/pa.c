@@ -63,6 +63,7 @@ const char *pa_known_backends(void)
  * generation is inherited) and re-initialises the backends' locks, which a
  * thread that does not exist in the child may have held at fork time. */
 static pthread_mutex_t pa_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t pa_retire_lock = PTHREAD_MUTEX_INITIALIZER; /* the retired ranges */
 static pa_backend *pa_reg_head;
 static unsigned long pa_fork_gen;
 static pthread_once_t pa_fork_once = PTHREAD_ONCE_INIT;
@@ -84,6 +85,7 @@ static void pa_fork_child(void)
         pthread_mutex_init(&be->lock, NULL);
     }
     pthread_mutex_init(&pa_reg_lock, NULL);
+    pthread_mutex_init(&pa_retire_lock, NULL);
 }
 
 static void pa_fork_register(void)
@@ -130,7 +132,6 @@ static void pa_reg_remove(pa_backend *be)
 #define PA_RETIRE_SLOTS 1024
 #define PA_RETIRE_BUDGET (sizeof(void *) >= 8 ? ((uint64_t)64 << 30) : ((uint64_t)128 << 20))
 
-static pthread_mutex_t pa_retire_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
     void *p;
     size_t len;
