@@ -152,11 +152,54 @@ static void test_closed_sim_region_is_inert(void)
     }
 }
 
+/* The inert ranges are bounded: at most 1024 of them, and on 32-bit targets at
+ * most 128 MiB of address space; beyond that the oldest is unmapped for good.
+ * Everything is mapped first, so no new mapping can land in an evicted range. */
+static void test_retired_ranges_are_bounded(void)
+{
+    enum { N = 1100 };
+    static unsigned char *r[N];
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    for (int i = 0; i < N; i++) {
+        r[i] = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (r[i] == MAP_FAILED) {
+            check(0, "retire: bounded setup", "mmap %d failed", i);
+            return;
+        }
+    }
+    for (int i = 0; i < N; i++) {
+        pa_retire(r[i], page);
+    }
+    int first_gone = !mapped_rw(r[0], page), last_kept = mapped_rw(r[N - 1], page);
+    check(first_gone && last_kept, "retire: at most 1024 ranges, the oldest unmapped first",
+          "first gone %d, last kept %d", first_gone, last_kept);
+    /* the kept ones stay: unmapping them here would leave stale entries that a
+     * later eviction would unmap under whatever is mapped there by then */
+    if (sizeof(void *) < 8) {
+        size_t big = (size_t)48 << 20; /* three of them pass the 128 MiB budget */
+        unsigned char *b[3];
+        for (int i = 0; i < 3; i++) {
+            b[i] = mmap(NULL, big, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (b[i] == MAP_FAILED) {
+                check(0, "retire: 32-bit budget setup", "mmap failed");
+                return;
+            }
+        }
+        for (int i = 0; i < 3; i++) {
+            pa_retire(b[i], big);
+        }
+        check(!mapped_rw(b[0], big) && mapped_rw(b[1], big) && mapped_rw(b[2], big),
+              "retire: 32-bit targets keep at most 128 MiB inert", "budget not applied");
+    }
+}
+
 int main(void)
 {
     test_fork_child_only_forgets();
     test_retired_range_is_inert();
     test_closed_sim_region_is_inert();
+    test_retired_ranges_are_bounded();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
 }
