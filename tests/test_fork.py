@@ -70,7 +70,7 @@ def preload(shim):
     return ":".join(filter(None, [os.environ.get("LD_PRELOAD"), shim]))
 
 
-@pytest.mark.parametrize("mode", ["os.fork", "mp-fork"])
+@pytest.mark.parametrize("mode", MODES)
 def test_zocl(mode, tmp_path, shims):
     root = tmp_path / "root"
     (root / "dev" / "dri").mkdir(parents=True)
@@ -84,7 +84,7 @@ def test_zocl(mode, tmp_path, shims):
              forbid="CLOSE,CLOSEFD")
 
 
-@pytest.mark.parametrize("mode", ["os.fork", "mp-fork"])
+@pytest.mark.parametrize("mode", MODES)
 def test_dmaheap(mode, tmp_path, shims):
     from test_backend_dmaheap import cap_sys_admin, free_huge_pages
     if free_huge_pages() < 16 or not cap_sys_admin():
@@ -101,7 +101,7 @@ def test_dmaheap(mode, tmp_path, shims):
              forbid="close,munmap,release")
 
 
-@pytest.mark.parametrize("mode", ["os.fork", "mp-fork"])
+@pytest.mark.parametrize("mode", MODES)
 def test_xlnk(mode, tmp_path, shims):
     root = tmp_path / "root"
     (root / "dev").mkdir(parents=True)
@@ -113,7 +113,7 @@ def test_xlnk(mode, tmp_path, shims):
              child_new="skip", log=log, forbid="free,fini")
 
 
-@pytest.mark.parametrize("mode", ["os.fork", "mp-fork"])
+@pytest.mark.parametrize("mode", MODES)
 def test_udmabuf(mode, tmp_path):
     from test_backend_udmabuf import FakeUdmabuf
     fake = FakeUdmabuf(tmp_path, size=4 << 20)

@@ -88,6 +88,7 @@ typedef struct shim_buf {
 typedef struct shim_fd {
     int used;
     int fd;
+    pid_t pid; /* the process that opened it: a forked copy's close releases nothing */
     int buf; /* index into bufs, or -1 for a heap node */
     char heap[256];
 } shim_fd;
@@ -172,6 +173,7 @@ static shim_fd *shim_fd_add(int fd, int buf, const char *heap)
     for (int i = 0; i < SHIM_MAX; i++) {
         if (!shim_fds[i].used) {
             shim_fds[i].used = 1;
+            shim_fds[i].pid = getpid();
             shim_fds[i].fd = fd;
             shim_fds[i].buf = buf;
             snprintf(shim_fds[i].heap, sizeof(shim_fds[i].heap), "%s", heap);
@@ -284,7 +286,11 @@ EXPORT int close(int fd)
     shim_resolve();
     pthread_mutex_lock(&shim_lock);
     shim_fd *f = shim_fd_find(fd);
-    if (f != NULL) {
+    if (f != NULL && f->pid != getpid()) {
+        /* a copy inherited through fork(): the file stays open in the opener,
+         * as the kernel's reference count keeps it */
+        shim_log("closecopy fd=%d", fd);
+    } else if (f != NULL) {
         if (f->buf < 0) {
             shim_log("close heap=%s fd=%d", f->heap, fd);
         } else {

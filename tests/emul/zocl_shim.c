@@ -104,6 +104,7 @@ static size_t shim_page = 4096;
 static long shim_plddr_bank = -1;
 static uint64_t shim_plddr_base, shim_plddr_size, shim_plddr_next;
 static unsigned char shim_fds[SHIM_MAXFD];
+static pid_t shim_fd_pid[SHIM_MAXFD]; /* who opened it: a forked copy's close releases nothing */
 static shim_bo *shim_bos;
 static size_t shim_nbos;
 
@@ -218,6 +219,7 @@ static int shim_opened(const char *path, int fd)
     if (fd < SHIM_MAXFD) {
         pthread_mutex_lock(&shim_lock);
         shim_fds[fd] = 1;
+        shim_fd_pid[fd] = getpid();
         pthread_mutex_unlock(&shim_lock);
         shim_log("OPEN fd=%d path=%s", fd, path);
     }
@@ -500,7 +502,12 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 EXPORT int close(int fd)
 {
     shim_ready();
-    if (shim_is_fd(fd)) {
+    if (shim_is_fd(fd) && shim_fd_pid[fd] != getpid()) {
+        /* a copy inherited through fork(): the DRM file stays open in the
+         * opener (the kernel counts references), its handles with it */
+        shim_fds[fd] = 0;
+        shim_log("CLOSECOPY fd=%d", fd);
+    } else if (shim_is_fd(fd)) {
         /* closing the DRM file releases every handle still open on it */
         pthread_mutex_lock(&shim_lock);
         for (size_t i = 0; i < shim_nbos; i++) {
