@@ -10,6 +10,7 @@ fake: driver_version >= 1.4 gives the one-shot sysfs value, older versions the
 stored-range attributes, and an LD_PRELOAD shim (tests/emul/udmabuf_ioctl_shim.c,
 built here) answers the driver's ioctls (>= 4.7) on the device file and logs
 every sync call."""
+import errno
 import json
 import os
 import platform
@@ -140,8 +141,11 @@ def run_ioctl(code, fake, shim, cwd, **env):
     if log.exists():
         log.unlink()
     # after what is preloaded already (a sanitizer runtime must stay first)
-    r = run(code, cwd, LD_PRELOAD=":".join(filter(None, [os.environ.get("LD_PRELOAD"), shim])), UDMABUF_EMUL_DEV=fake.dev, UDMABUF_EMUL_SIZE=fake.size,
-            UDMABUF_EMUL_PHYS=fake.phys, UDMABUF_EMUL_LOG=log, PYNQ_ALLOC_SYSROOT=fake.root, **env)
+    emul = dict(LD_PRELOAD=":".join(filter(None, [os.environ.get("LD_PRELOAD"), shim])),
+                UDMABUF_EMUL_DEV=fake.dev, UDMABUF_EMUL_SIZE=fake.size, UDMABUF_EMUL_PHYS=fake.phys,
+                UDMABUF_EMUL_LOG=log, PYNQ_ALLOC_SYSROOT=fake.root, UDMABUF_EMUL_SYSDIR=fake.sys)
+    emul.update(env)
+    r = run(code, cwd, **emul)
     lines = log.read_text().splitlines() if log.exists() else []
     rows = [(w[0], int(w[1]), int(w[2]), int(w[3]), w[4]) for w in map(str.split, lines)]
     return r, rows
@@ -352,6 +356,124 @@ bufs[4][1:2].invalidate()
     assert log[-3:] == [("device", 4 * GB, 64, 1, "args"), ("device", 4 * GB, 64, 1, "args"),
                         ("cpu", 4 * GB, 64, 2, "args")]
     assert all(row[4] == "word" for row in log[:-3])
+
+
+@pytest.mark.skipif(sys.maxsize < 2**32, reason="a 4 GiB region cannot be mapped by a 32-bit process")
+def test_ioctl_set_sync_range_is_put_back_at_close(root, shim, tmp_path):
+    """SET_SYNC stores its offset, size and direction as the driver's sync range
+    (u-dma-buf.c: the same state the sysfs attributes show); what was there at
+    open is put back at close, as for the sysfs path."""
+    fake = FakeUdmabuf(root, size=4 * GB + MB)
+    fake.put("sync_offset", "0x1f000")
+    fake.put("sync_size", "8192")
+    fake.put("sync_direction", "2")
+    code = f"""
+import pynq_alloc
+be = pynq_alloc.open_backend('udmabuf', cacheable=True)
+bufs = [be.allocate(64, 'u1', align=1 << 30) for _ in range(5)]
+bufs[4].invalidate()
+with open({str(fake.sys / "sync_offset")!r}) as f:
+    print('during', int(f.read(), 0))
+del bufs
+be.close()
+"""
+    r, log = run_ioctl(code, fake, shim, tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert log[-1] == ("cpu", 4 * GB, 64, 2, "args")
+    assert f"during {4 * GB}" in r.stdout  # the driver's range was overwritten meanwhile
+    assert fake.stored() == (0x1F000, 8192, 2)
+
+
+# ------------------------------------------- sysfs attributes as the driver treats them
+# Under the shim with UDMABUF_EMUL_NO_IOCTL (a driver without the ioctl interface),
+# writes to the fake's attributes are the driver's stores: parsed, range-checked,
+# syncing at once and resetting the sync_for_* value to 0 (see the shim's header).
+
+SYSFS_CODE = """
+import pynq_alloc
+be = pynq_alloc.open_backend('udmabuf', cacheable=True)
+buf = be.allocate((16, 256), 'u1')
+print('base', buf.device_address)
+buf[2:4, 8:24].flush()
+buf[::-1, ::-2].invalidate()
+del buf
+be.close()
+"""
+
+
+def test_sysfs_one_shot_writes_are_parsed_and_reset_by_the_driver(root, shim, tmp_path):
+    fake = FakeUdmabuf(root, version="3.2.4")
+    r, log = run_ioctl(SYSFS_CODE, fake, shim, tmp_path, UDMABUF_EMUL_NO_IOCTL=1)
+    assert r.returncode == 0, r.stderr
+    base = int(r.stdout.split()[1]) - PHYS
+    assert log == [("device", base, 4096, 1, "sysfs-word"), ("device", base + 512, 320, 1, "sysfs-word"),
+                   ("cpu", base, 4096, 2, "sysfs-word")]
+    # what the driver shows afterwards: done, reset to 0; the stored range untouched
+    assert fake.attr("sync_for_device") == "0" and fake.attr("sync_for_cpu") == "0"
+    assert fake.attr("sync_owner") == "0" and fake.stored() == (0, 0, 0)
+
+
+def test_sysfs_stored_range_of_an_old_driver(root, shim, tmp_path):
+    # 1.3.1 parses base 10 and has no one-shot value: offset, size, direction, then 1
+    fake = FakeUdmabuf(root, version="1.3.1", cls="udmabuf")
+    fake.put("sync_offset", "0x1f000")
+    r, log = run_ioctl(SYSFS_CODE, fake, shim, tmp_path, UDMABUF_EMUL_NO_IOCTL=1)
+    assert r.returncode == 0, r.stderr
+    base = int(r.stdout.split()[1]) - PHYS
+    assert log == [("device", base, 4096, 1, "sysfs-stored"),
+                   ("device", base + 512, 320, 1, "sysfs-stored"),
+                   ("cpu", base, 4096, 2, "sysfs-stored")]
+    assert fake.attr("sync_for_cpu") == "0" and fake.attr("sync_for_device") == "0"
+    assert fake.stored() == (0x1F000, 0, 0)  # put back at close, as shown by the driver
+    assert fake.attr("sync_offset") == "0x1f000"
+
+
+def test_sysfs_stores_check_what_they_are_given(root, shim, tmp_path):
+    """The emulation refuses what the driver refuses (so a wrong value from the
+    backend would fail its tests), and a failed sync leaves its value set."""
+    fake = FakeUdmabuf(root, version="3.2.4")
+    code = f"""
+import errno, os
+d = {str(fake.sys)!r}
+def put(attr, text):
+    fd = os.open(os.path.join(d, attr), os.O_WRONLY)
+    try:
+        os.pwrite(fd, text.encode(), 0)
+        return 0
+    except OSError as exc:
+        return exc.errno
+    finally:
+        os.close(fd)
+print(put('sync_direction', '3\\n'), put('sync_mode', '8'), put('sync_size', 'abc'),
+      put('sync_offset', '-1'), put('size', '5'),
+      put('sync_for_device', hex(({MB} - 64) << 32 | 128 | 1 << 2 | 1)),
+      put('sync_direction', '2\\n'), put('sync_size', '0x40'))
+"""
+    r, log = run_ioctl(code, fake, shim, tmp_path, UDMABUF_EMUL_NO_IOCTL=1)
+    assert r.returncode == 0, r.stderr
+    E = errno.EINVAL
+    assert [int(x) for x in r.stdout.split()] == [E, E, E, E, errno.EACCES, E, 0, 0]
+    assert log == []
+    assert int(fake.attr("sync_for_device"), 0) != 0  # the failed value stays
+    assert (fake.attr("sync_direction"), fake.attr("sync_size")) == ("2", "64")
+
+
+def test_sysfs_sync_refused_by_the_driver_is_a_clear_error(root, shim, tmp_path):
+    fake = FakeUdmabuf(root, version="3.2.4")
+    code = """
+import pynq_alloc
+be = pynq_alloc.open_backend('udmabuf')
+try:
+    be.allocate(8192, 'u1')  # its first clean passes the end the driver knows
+except Exception as exc:
+    print(type(exc).__name__, exc)
+print('buffers', be.info()['buffers'])
+"""
+    r, log = run_ioctl(code, fake, shim, tmp_path, UDMABUF_EMUL_NO_IOCTL=1,
+                       UDMABUF_EMUL_SIZE=4096)  # the driver thinks the region is one page
+    assert r.returncode == 0, r.stderr
+    assert "Invalid argument" in r.stdout and "sync_for_device" in r.stdout, r.stdout
+    assert "buffers 0" in r.stdout and log == []
 
 
 def test_ioctl_failure_is_reported_and_nothing_leaks(fake, shim, tmp_path):

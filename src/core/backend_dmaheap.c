@@ -526,7 +526,7 @@ close_fd:
 
 static void pa_dmaheap_dmabuf_release(pa_dmaheap_dmabuf *b)
 {
-    munmap(b->cpu, b->len);
+    pa_retire(b->cpu, b->len); /* arrays may still point here: see pa_retire */
     close(b->fd);
     b->fd = -1;
 }

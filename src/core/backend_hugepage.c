@@ -425,7 +425,7 @@ static int pa_huge_map_run(pa_huge *h, int fd, const pa_huge_frame *run, size_t 
 static void pa_huge_region_destroy(pa_huge_region *r)
 {
     pa_tlsf_destroy(r->tlsf);
-    munmap(r->cpu, r->len);
+    pa_retire(r->cpu, r->len); /* arrays may still point here: see pa_retire */
     free(r);
 }
 

@@ -139,7 +139,8 @@ static int pa_sim_open(pa_backend *be, const char *arg, const pa_option *opts, s
                          "sim option size=%llu must be a multiple of %d bytes between %d and %zu",
                          (unsigned long long)size, PA_LINE, PA_LINE, (size_t)SIZE_MAX / 2);
     }
-    if (base % PA_LINE != 0 || base > UINT64_MAX - size) {
+    /* the last byte may be 2**64 - 1 */
+    if (base % PA_LINE != 0 || size - 1 > UINT64_MAX - base) {
         return pa_seterr(err, EINVAL,
                          "sim option base_address=0x%llx must be %d-byte aligned and leave room "
                          "for size=%llu bytes below 2**64",
@@ -211,7 +212,7 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                         pa_err *err)
 {
     pa_sim *s = be->priv;
-    size_t off, got;
+    size_t off, got, skip = 0;
     pa_tlsf_block *h;
     size_t lim = pa_region_limit(be, s->base, s->size);
     if (lim == 0) {
@@ -221,7 +222,24 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                          "base_address= option",
                          (unsigned long long)s->base, (unsigned long long)be->alloc_max);
     }
-    int rc = pa_tlsf_alloc_below(s->tlsf, size, align, lim, &off, &got, &h);
+    int rc;
+    if ((s->base & (align - 1)) == 0) {
+        rc = pa_tlsf_alloc_below(s->tlsf, size, align, lim, &off, &got, &h);
+    } else {
+        /* base_address is not aligned to align, so aligned offsets would not
+         * give aligned device addresses: take a block with room to skip to
+         * the first aligned device address (the device's alignment is what
+         * counts; the CPU address then has the base's misalignment) */
+        size_t span;
+        if (__builtin_add_overflow(size, align - PA_LINE, &span)) {
+            return pa_seterr(err, ENOMEM, "sim backend cannot allocate %zu bytes (align %zu)",
+                             size, align);
+        }
+        rc = pa_tlsf_alloc_below(s->tlsf, span, PA_LINE, lim, &off, &got, &h);
+        if (rc == 0) {
+            skip = (size_t)((align - ((s->base + off) & (align - 1))) & (align - 1));
+        }
+    }
     if (rc < 0 && lim < s->size) {
         return pa_seterr(err, -rc,
                          "sim backend cannot allocate %zu bytes (align %zu) below device address "
@@ -239,6 +257,8 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                          size, align, st.free, st.largest_free, st.total);
     }
     bool coherent = (flags & PA_CACHED) == 0 || be->cached_coherent;
+    off += skip; /* the skipped lines stay unallocated for the device */
+    got -= skip;
     pa_sim_zero(s->cpu, off, got);
     pa_sim_zero(s->dev, off, got);
     memset(s->lines + off / PA_LINE, SIM_ALLOC | (coherent ? SIM_COHERENT : 0), got / PA_LINE);
@@ -247,7 +267,7 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     blk->size = got;
     blk->coherent = coherent;
     blk->handle = h;
-    blk->aux = off;
+    blk->aux = off; /* the TLSF block may start before it (skip above) */
     return 0;
 }
 
@@ -514,9 +534,10 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
                     s->lines[l] |= SIM_DEVWROTE;
                 }
             }
-            memcpy(mem, p + (o - start), end - o);
+            /* the source may be a Buffer over this very memory */
+            memmove(mem, p + (o - start), end - o);
         } else {
-            memcpy(p + (o - start), mem, end - o);
+            memmove(p + (o - start), mem, end - o);
         }
         o = end;
     }
@@ -540,7 +561,10 @@ static void pa_sim_info(pa_backend *be, pa_info *info)
 
 static void pa_sim_close(pa_backend *be)
 {
-    pa_sim_release(be->priv);
+    pa_sim *s = be->priv;
+    pa_retire(s->cpu, s->size); /* arrays may still point here: see pa_retire */
+    s->cpu = NULL;
+    pa_sim_release(s);
     be->priv = NULL;
 }
 

@@ -45,6 +45,7 @@ _Static_assert(sizeof(pa_udmabuf_sync_args) == 24 && offsetof(pa_udmabuf_sync_ar
 #define PA_UDMABUF_GET_DRV_INFO _IOR('U', 1, pa_udmabuf_drv_info)
 #define PA_UDMABUF_SET_SYNC_FOR_CPU _IOW('U', 5, uint64_t)
 #define PA_UDMABUF_SET_SYNC_FOR_DEVICE _IOW('U', 6, uint64_t)
+#define PA_UDMABUF_GET_SYNC _IOR('U', 8, pa_udmabuf_sync_args)
 #define PA_UDMABUF_SET_SYNC _IOW('U', 9, pa_udmabuf_sync_args)
 
 #if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__) || defined(__arm__)
@@ -53,6 +54,7 @@ _Static_assert(PA_UDMABUF_GET_DRV_INFO == 0x80185501u, "GET_DRV_INFO number");
 _Static_assert(PA_UDMABUF_SET_SYNC_FOR_CPU == 0x40085505u, "SET_SYNC_FOR_CPU number");
 _Static_assert(PA_UDMABUF_SET_SYNC_FOR_DEVICE == 0x40085506u, "SET_SYNC_FOR_DEVICE number");
 _Static_assert(PA_UDMABUF_SET_SYNC == 0x40185509u, "SET_SYNC number");
+_Static_assert(PA_UDMABUF_GET_SYNC == 0x80185508u, "GET_SYNC number");
 #endif
 
 #define PA_UDMABUF_CMD_CPU 1u
@@ -522,7 +524,12 @@ static int pa_udmabuf_sync_region(pa_udmabuf *u, uint64_t off, uint64_t len, boo
                     .size = chunk,
                     .offset = off,
                 };
+                /* the driver stores offset, size and direction as its sync range
+                 * (shared device state, as the sysfs attributes): put back at close */
+                pthread_mutex_lock(&u->range_lock);
+                u->range_written = true;
                 r = ioctl(u->fd, PA_UDMABUF_SET_SYNC, &a);
+                pthread_mutex_unlock(&u->range_lock);
             }
             if (r < 0) {
                 int e = errno;
@@ -687,6 +694,15 @@ static int pa_udmabuf_pick_sync(pa_udmabuf *u, pa_err *err)
     memset(&info, 0, sizeof(info));
     if (ioctl(u->fd, PA_UDMABUF_GET_DRV_INFO, &info) == 0 && (info.flags & 0xff) >= 1) {
         u->how = PA_UDMABUF_IOCTL;
+        /* offsets past 4 GiB go through SET_SYNC, which overwrites the stored range */
+        pa_udmabuf_sync_args a;
+        memset(&a, 0, sizeof(a));
+        if (u->dev.size > (uint64_t)UINT32_MAX + 1 && ioctl(u->fd, PA_UDMABUF_GET_SYNC, &a) == 0) {
+            u->saved_range[0] = a.offset;
+            u->saved_range[1] = a.size;
+            u->saved_range[2] = (a.flags >> 2) & 3;
+            u->range_saved = true;
+        }
         return 0;
     }
     unsigned major = 0, minor = 0;
@@ -729,7 +745,7 @@ static int pa_udmabuf_pick_sync(pa_udmabuf *u, pa_err *err)
 static void pa_udmabuf_release(pa_udmabuf *u)
 {
     if (u->cpu != NULL) {
-        munmap(u->cpu, u->map_len);
+        pa_retire(u->cpu, u->map_len); /* arrays may still point here: see pa_retire */
     }
     if (u->wc_fd >= 0) {
         close(u->wc_fd);
@@ -738,7 +754,20 @@ static void pa_udmabuf_release(pa_udmabuf *u)
     if (u->sync_mode_written && u->sync_mode >= 0) {
         pa_udmabuf_set_sync_mode(u, u->sync_mode, NULL);
     }
-    if (u->range_written && u->range_saved) {
+    if (u->range_written && u->range_saved && u->how == PA_UDMABUF_IOCTL) {
+        /* command 0: store the range, sync nothing. A size of 0 is "keep" to
+         * SET_SYNC, so it goes back through the attribute when there is one */
+        pa_udmabuf_sync_args a = {
+            .flags = (u->saved_range[2] & 3) << 2,
+            .size = u->saved_range[1],
+            .offset = u->saved_range[0],
+        };
+        (void)ioctl(u->fd, PA_UDMABUF_SET_SYNC, &a);
+        if (u->saved_range[1] == 0 &&
+            (u->attr[PA_ATTR_SIZE] >= 0 || pa_udmabuf_open_attr(u, PA_ATTR_SIZE, O_WRONLY, NULL) == 0)) {
+            pa_udmabuf_pwrite(u, PA_ATTR_SIZE, "0\n", NULL);
+        }
+    } else if (u->range_written && u->range_saved) {
         char text[32];
         static const int which[3] = {PA_ATTR_OFFSET, PA_ATTR_SIZE, PA_ATTR_DIRECTION};
         for (int i = 0; i < 3; i++) {

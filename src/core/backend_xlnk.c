@@ -27,8 +27,6 @@
 #define PA_XLNK_NODE "/dev/xlnk"
 #define PA_XLNK_POOL_CHUNK ((size_t)1 << 20)
 #define PA_XLNK_POOL_MAX ((size_t)64 << 10)
-/* libcma's sync calls take an int size: split longer ranges */
-#define PA_XLNK_SYNC_STEP ((size_t)1 << 30)
 #define PA_XLNK_ADVICE                                                                             \
     "xlnk is for PYNQ <= 2.6 images; on newer images use zocl (or udmabuf, dmaheap)"
 
@@ -291,6 +289,8 @@ static void pa_xlnk_cma_release(pa_xlnk *x, pa_xlnk_cma *c)
 {
     pthread_mutex_lock(&pa_xlnk_cma_lock);
     x->cma_free(c->pc.cpu);
+    /* libcma unmapped it; arrays may still point here: see pa_retire */
+    pa_retire_hole(c->pc.cpu, c->pc.len);
     pthread_mutex_unlock(&pa_xlnk_cma_lock);
     x->held -= c->pc.len;
     free(c);
@@ -323,22 +323,26 @@ static int pa_xlnk_sync_cma(pa_xlnk *x, const pa_xlnk_cma *c, size_t off, size_t
     if (x->sync != PA_XLNK_SYNC_LIBCMA) {
         return pa_seterr(err, ENOTSUP, "internal error: a cacheable xlnk block with no sync");
     }
-    uint64_t phys = c->pc.device + off;
-    /* libcma takes the physical address as unsigned int (the 32-bit xlnk driver) */
-    if (phys > UINT_MAX || len - 1 > UINT_MAX - phys) {
+    uint64_t phys = c->pc.device;
+    /* The xlnk driver's cache-control ioctl maintains the L1 from the START of
+     * the CMA buffer that holds phys_addr, for size bytes, and the L2 over
+     * [phys_addr, phys_addr + size): a block at offset off in a pooled chunk
+     * is covered only by a call from the chunk's start through off + len.
+     * libcma takes the physical address as unsigned int and the size as int. */
+    if (phys > UINT_MAX || c->pc.len - 1 > UINT_MAX - phys) {
         return pa_seterr(err, ERANGE,
                          "physical range 0x%llx + %zu does not fit libcma's 32-bit phys_addr "
                          "argument; use sync=cpu (AArch64) instead of sync=libcma",
-                         (unsigned long long)phys, len);
+                         (unsigned long long)phys, c->pc.len);
+    }
+    if (off + len > (size_t)INT_MAX) {
+        return pa_seterr(err, ERANGE,
+                         "a %zu-byte sync at offset %zu of a CMA buffer exceeds libcma's int "
+                         "size argument; allocate buffers under 2 GiB",
+                         len, off);
     }
     pa_xlnk_sync_fn fn = dir == PA_TO_DEVICE ? x->cma_flush_cache : x->cma_invalidate_cache;
-    while (len > 0) {
-        size_t n = len < PA_XLNK_SYNC_STEP ? len : PA_XLNK_SYNC_STEP;
-        fn(c->pc.cpu + off, (unsigned int)phys, (int)n);
-        off += n;
-        phys += n;
-        len -= n;
-    }
+    fn(c->pc.cpu, (unsigned int)phys, (int)(off + len));
     return 0;
 }
 

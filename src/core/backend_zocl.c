@@ -6,6 +6,7 @@
 #include "pa.h"
 #include "pool.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -128,8 +129,11 @@ _Static_assert(PA_ZOCL_IOC_INFO_BO == 0xC0186445u, "DRM_IOCTL_ZOCL_INFO_BO");
 typedef struct pa_zocl_bo {
     pa_pool_chunk pc;
     uint32_t handle;
-    bool cacheable;
+    bool cacheable; /* asked for (the pool it belongs to) */
+    bool pl_ddr;    /* in PL-DDR: zocl dropped CACHEABLE, the mapping is write-combine */
 } pa_zocl_bo;
+
+#define PA_ZOCL_MAX_RESERVED 16
 
 typedef struct pa_zocl {
     int fd;
@@ -142,6 +146,10 @@ typedef struct pa_zocl {
     size_t page;
     pa_pool pools[2];     /* [cacheable] */
     uint64_t bo_bytes;    /* bytes in live BOs */
+    /* the device tree's static reserved-memory regions [base, end): zocl manages
+     * a memory bank that is one of them as PL-DDR (range allocator), not CMA */
+    uint64_t reserved[PA_ZOCL_MAX_RESERVED][2];
+    size_t nreserved;
 } pa_zocl;
 
 static int pa_zocl_ioctl(int fd, unsigned long req, void *arg)
@@ -274,7 +282,7 @@ static void pa_zocl_gem_close(pa_zocl *z, uint32_t handle)
 
 static void pa_zocl_bo_destroy(pa_zocl *z, pa_zocl_bo *bo)
 {
-    munmap(bo->pc.cpu, bo->pc.len);
+    pa_retire(bo->pc.cpu, bo->pc.len); /* arrays may still point here: see pa_retire */
     pa_zocl_gem_close(z, bo->handle);
     z->bo_bytes -= bo->pc.len;
     free(bo);
@@ -283,6 +291,91 @@ static void pa_zocl_bo_destroy(pa_zocl *z, pa_zocl_bo *bo)
 static void pa_zocl_pool_release(void *ctx, pa_pool_chunk *c)
 {
     pa_zocl_bo_destroy(ctx, (pa_zocl_bo *)c);
+}
+
+/* up to cap bytes of a device-tree property under the sysroot; -1 if absent */
+static ssize_t pa_zocl_read_prop(const char *path, unsigned char *buf, size_t cap)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        return -1;
+    }
+    ssize_t n = read(fd, buf, cap);
+    close(fd);
+    return n;
+}
+
+static uint64_t pa_zocl_cells(const unsigned char *p, uint32_t ncells)
+{
+    uint64_t v = 0;
+    for (uint32_t i = 0; i < ncells * 4; i++) {
+        v = v << 8 | p[i];
+    }
+    return v;
+}
+
+/* XRT's zocl_init_mem: a memory bank whose base and size are a reserved-memory
+ * region of the device tree is PL-DDR (or LPDDR), managed by a range allocator;
+ * zocl_create_bo_ioctl drops CACHEABLE there ("Cache is not supported and
+ * turned off for PL-DDR or LPDDR"), maps it write-combine, and its SYNC_BO
+ * does nothing. Reusable regions are CMA pools, not banks. */
+static void pa_zocl_read_reserved(pa_zocl *z)
+{
+    char dir[512], path[1024];
+    unsigned char buf[256];
+    if (pa_path(dir, sizeof(dir), "/proc/device-tree/reserved-memory") < 0) {
+        return;
+    }
+    uint32_t ac = 2, sc = 1; /* the devicetree specification's defaults */
+    snprintf(path, sizeof(path), "%s/#address-cells", dir);
+    if (pa_zocl_read_prop(path, buf, 4) == 4) {
+        ac = (uint32_t)pa_zocl_cells(buf, 1);
+    }
+    snprintf(path, sizeof(path), "%s/#size-cells", dir);
+    if (pa_zocl_read_prop(path, buf, 4) == 4) {
+        sc = (uint32_t)pa_zocl_cells(buf, 1);
+    }
+    if (ac < 1 || ac > 2 || sc < 1 || sc > 2) {
+        return;
+    }
+    DIR *d = opendir(dir);
+    if (d == NULL) {
+        return;
+    }
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL && z->nreserved < PA_ZOCL_MAX_RESERVED) {
+        if (de->d_name[0] == '.') {
+            continue;
+        }
+        snprintf(path, sizeof(path), "%s/%s/reusable", dir, de->d_name);
+        if (access(path, F_OK) == 0) {
+            continue;
+        }
+        snprintf(path, sizeof(path), "%s/%s/reg", dir, de->d_name);
+        ssize_t n = pa_zocl_read_prop(path, buf, sizeof(buf));
+        size_t tuple = (size_t)(ac + sc) * 4;
+        for (size_t at = 0; n > 0 && at + tuple <= (size_t)n && z->nreserved < PA_ZOCL_MAX_RESERVED;
+             at += tuple) {
+            uint64_t base = pa_zocl_cells(buf + at, ac), size = pa_zocl_cells(buf + at + ac * 4, sc);
+            if (size > 0 && base <= UINT64_MAX - size) {
+                z->reserved[z->nreserved][0] = base;
+                z->reserved[z->nreserved][1] = base + size;
+                z->nreserved++;
+            }
+        }
+    }
+    closedir(d);
+}
+
+static bool pa_zocl_in_pl_ddr(const pa_zocl *z, uint64_t paddr, uint64_t len)
+{
+    for (size_t i = 0; i < z->nreserved; i++) {
+        if (paddr >= z->reserved[i][0] && len <= z->reserved[i][1] - paddr &&
+            paddr < z->reserved[i][1]) {
+            return true;
+        }
+    }
+    return false;
 }
 
 /* A new BO of at least size bytes, mapped. request (bytes) is for messages.
@@ -345,6 +438,7 @@ static int pa_zocl_bo_new(pa_zocl *z, size_t size, bool cacheable, size_t reques
     }
     bo->pc.len = (size_t)info.size;
     bo->pc.device = info.paddr;
+    bo->pl_ddr = pa_zocl_in_pl_ddr(z, info.paddr, info.size);
     memset(&map, 0, sizeof(map));
     map.handle = c.handle;
     rc = pa_zocl_ioctl(z->fd, PA_ZOCL_IOC_MAP_BO, &map);
@@ -469,6 +563,7 @@ static int pa_zocl_open(pa_backend *be, const char *arg, const pa_option *opts, 
     pa_pool_init(&z->pools[0], pa_zocl_pool_release, z);
     pa_pool_init(&z->pools[1], pa_zocl_pool_release, z);
     z->page = (size_t)page;
+    pa_zocl_read_reserved(z);
     rc = pa_zocl_find(arg, &z->fd, z->node, sizeof(z->node), z->version, err);
     if (rc < 0) {
         free(z);
@@ -552,7 +647,7 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     blk->cpu = bo->pc.cpu + off;
     blk->device_address = bo->pc.device + off;
     blk->size = size;
-    blk->coherent = !cacheable;
+    blk->coherent = !cacheable || bo->pl_ddr;
     blk->handle = NULL;
     blk->aux = (uint64_t)(uintptr_t)bo;
     return 0;
@@ -560,7 +655,7 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
 pooled:
     /* only ranges handed out before need zeroing, and cleaning when cached */
     dirty = pa_pool_zero_reused(&bo->pc, off, got);
-    if (dirty > 0 && cacheable) {
+    if (dirty > 0 && cacheable && !bo->pl_ddr) {
         rc = pa_zocl_sync_range(z, bo, off, dirty, PA_ZOCL_SYNC_TO_DEVICE, err);
         if (rc < 0) {
             pa_pool_free(&z->pools[cacheable], &bo->pc, tb);
@@ -570,7 +665,7 @@ pooled:
     blk->cpu = bo->pc.cpu + off;
     blk->device_address = bo->pc.device + off;
     blk->size = got;
-    blk->coherent = !cacheable;
+    blk->coherent = !cacheable || bo->pl_ddr;
     blk->handle = tb;
     blk->aux = (uint64_t)(uintptr_t)bo;
     return 0;

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 /* probe order for the default backend; sim and hugepage are never chosen by probing */
 const pa_ops *const pa_all_ops[] = {
@@ -55,6 +57,157 @@ const char *pa_known_backends(void)
     return pa_names;
 }
 
+/* ------------------------------------------------------------------ fork
+ * A child of fork() inherits every mapping and fd, but the blocks, kernel
+ * objects and allocator state behind them stay the parent's. The child
+ * handler bumps a generation counter (a backend opened in an older
+ * generation is inherited) and re-initialises the backends' locks, which a
+ * thread that does not exist in the child may have held at fork time. */
+static pthread_mutex_t pa_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_mutex_t pa_retire_lock = PTHREAD_MUTEX_INITIALIZER; /* the retired ranges */
+static pa_backend *pa_reg_head;
+static unsigned long pa_fork_gen;
+static pthread_once_t pa_fork_once = PTHREAD_ONCE_INIT;
+
+static void pa_fork_prepare(void)
+{
+    pthread_mutex_lock(&pa_reg_lock);
+}
+
+static void pa_fork_parent(void)
+{
+    pthread_mutex_unlock(&pa_reg_lock);
+}
+
+static void pa_fork_child(void)
+{
+    pa_fork_gen++;
+    for (pa_backend *be = pa_reg_head; be != NULL; be = be->next) {
+        pthread_mutex_init(&be->lock, NULL);
+    }
+    pthread_mutex_init(&pa_reg_lock, NULL);
+    pthread_mutex_init(&pa_retire_lock, NULL);
+}
+
+static void pa_fork_register(void)
+{
+    pthread_atfork(pa_fork_prepare, pa_fork_parent, pa_fork_child);
+}
+
+bool pa_inherited(const pa_backend *be)
+{
+    return be->gen != pa_fork_gen;
+}
+
+static void pa_reg_add(pa_backend *be)
+{
+    pthread_mutex_lock(&pa_reg_lock);
+    be->gen = pa_fork_gen;
+    be->prev = NULL;
+    be->next = pa_reg_head;
+    if (pa_reg_head != NULL) {
+        pa_reg_head->prev = be;
+    }
+    pa_reg_head = be;
+    pthread_mutex_unlock(&pa_reg_lock);
+}
+
+static void pa_reg_remove(pa_backend *be)
+{
+    pthread_mutex_lock(&pa_reg_lock);
+    if (be->prev != NULL) {
+        be->prev->next = be->next;
+    } else {
+        pa_reg_head = be->next;
+    }
+    if (be->next != NULL) {
+        be->next->prev = be->prev;
+    }
+    pthread_mutex_unlock(&pa_reg_lock);
+}
+
+/* -------------------------------------------------------- retired ranges
+ * 64-bit: up to 64 GiB of address space (and 1024 ranges) stays inert; 32-bit,
+ * where a 3 GiB address space is scarce: 128 MiB. Beyond that the oldest
+ * range is unmapped for good. Inert pages cost no memory until touched. */
+#define PA_RETIRE_SLOTS 1024
+#define PA_RETIRE_BUDGET (sizeof(void *) >= 8 ? ((uint64_t)64 << 30) : ((uint64_t)128 << 20))
+
+static struct {
+    void *p;
+    size_t len;
+} pa_retired[PA_RETIRE_SLOTS];
+static size_t pa_retired_first, pa_retired_count;
+static uint64_t pa_retired_bytes;
+
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000
+#endif
+
+static size_t pa_page_round(size_t len)
+{
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    return len + (page - len % page) % page;
+}
+
+static void pa_retire_keep(void *p, size_t len)
+{
+    pthread_mutex_lock(&pa_retire_lock);
+    while (pa_retired_count > 0 &&
+           (pa_retired_count == PA_RETIRE_SLOTS || pa_retired_bytes + len > PA_RETIRE_BUDGET)) {
+        size_t i = pa_retired_first;
+        munmap(pa_retired[i].p, pa_retired[i].len);
+        pa_retired_bytes -= pa_retired[i].len;
+        pa_retired_first = (i + 1) % PA_RETIRE_SLOTS;
+        pa_retired_count--;
+    }
+    if (len > PA_RETIRE_BUDGET) {
+        munmap(p, len);
+    } else {
+        size_t i = (pa_retired_first + pa_retired_count) % PA_RETIRE_SLOTS;
+        pa_retired[i].p = p;
+        pa_retired[i].len = len;
+        pa_retired_bytes += len;
+        pa_retired_count++;
+    }
+    pthread_mutex_unlock(&pa_retire_lock);
+}
+
+void pa_retire(void *p, size_t len)
+{
+    if (p == NULL || len == 0) {
+        return;
+    }
+    len = pa_page_round(len);
+    /* one call replaces the old mapping: no moment without a mapping there */
+    void *q = mmap(p, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    if (q == MAP_FAILED) {
+        munmap(p, len);
+        return;
+    }
+    pa_retire_keep(p, len);
+}
+
+void pa_retire_hole(void *p, size_t len)
+{
+    if (p == NULL || len == 0) {
+        return;
+    }
+    len = pa_page_round(len);
+    /* NOREPLACE: if another mapping took (part of) the range meanwhile, leave it */
+    void *q = mmap(p, len, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED_NOREPLACE, -1, 0);
+    if (q == MAP_FAILED) {
+        return;
+    }
+    if (q != p) { /* a kernel older than 4.17 took the flag as a hint */
+        munmap(q, len);
+        return;
+    }
+    pa_retire_keep(p, len);
+}
+
 int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **out, pa_err *err)
 {
     const char *colon = strchr(spec, ':');
@@ -89,6 +242,7 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
         free(be);
         return rc;
     }
+    pthread_once(&pa_fork_once, pa_fork_register);
     rc = pthread_mutex_init(&be->lock, NULL);
     if (rc != 0) {
         free(rest);
@@ -102,6 +256,7 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
         free(be);
         return rc;
     }
+    pa_reg_add(be);
     *out = be;
     return 0;
 }
@@ -133,6 +288,15 @@ int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, ui
         flags |= PA_CACHED; /* the backend's default, open_backend(..., cacheable=True) */
     }
     memset(blk, 0, sizeof(*blk));
+    if (pa_inherited(be)) {
+        return pa_seterr(err, ECHILD,
+                         "this %s backend was opened before fork(): its memory and kernel "
+                         "objects belong to the parent process, so this (child) process cannot "
+                         "allocate from it; open a new backend here with "
+                         "pynq_alloc.open_backend(...) (buffers inherited from the parent stay "
+                         "usable)",
+                         be->ops->name);
+    }
     pthread_mutex_lock(&be->lock);
     be->alloc_max = max_addr;
     int rc = be->ops->alloc(be, rounded, align, flags, blk, err);
@@ -195,7 +359,10 @@ void pa_free(pa_backend *be, pa_block *blk)
     pthread_mutex_lock(&be->lock);
     be->used -= blk->size;
     be->buffers--;
-    be->ops->free(be, blk);
+    /* an inherited block is the parent's: the child only forgets it */
+    if (!pa_inherited(be)) {
+        be->ops->free(be, blk);
+    }
     pthread_mutex_unlock(&be->lock);
     memset(blk, 0, sizeof(*blk));
 }
@@ -238,7 +405,12 @@ void pa_close(pa_backend *be)
     if (be == NULL) {
         return;
     }
-    be->ops->close(be);
+    pa_reg_remove(be);
+    /* in a child the mappings and fds stay until it exits or execs: closing
+     * them could release the parent's GEM handles, flock or libcma buffers */
+    if (!pa_inherited(be)) {
+        be->ops->close(be);
+    }
     pthread_mutex_destroy(&be->lock);
     free(be);
 }

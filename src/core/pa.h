@@ -100,6 +100,8 @@ struct pa_backend {
                            * to get memory below an address limit (for the error) */
     uint64_t used;        /* bytes in live blocks (maintained by pa.c) */
     uint64_t buffers;     /* live blocks */
+    unsigned long gen;    /* fork generation it was opened in (pa.c) */
+    pa_backend *next, *prev; /* every open backend, for the fork handler (pa.c) */
 };
 
 /* generic layer (pa.c) */
@@ -123,6 +125,21 @@ void pa_get_info(pa_backend *be, pa_info *info);
 /* whether a block allocated with cacheable=None is coherent */
 bool pa_default_coherent(const pa_backend *be);
 void pa_close(pa_backend *be);
+
+/* After fork(), in the child: be was opened by an ancestor. Its blocks and
+ * kernel objects (mappings, fds, GEM handles, flocks, libcma state) belong to
+ * that ancestor: pa_alloc refuses, pa_free and pa_close only forget them. */
+bool pa_inherited(const pa_backend *be);
+
+/* Where a backend unmaps memory a Python array may still point at (a
+ * freebuffer() racing a NumPy call in another thread): replace the whole
+ * pages [p, p+len) with inert private zero pages, kept mapped within an
+ * address-space budget, so a stray access hits harmless memory instead of a
+ * hole or a later, unrelated mapping. pa_retire replaces a live mapping;
+ * pa_retire_hole fills a range just unmapped by someone else (libcma) when
+ * nothing took it meanwhile. */
+void pa_retire(void *p, size_t len);
+void pa_retire_hole(void *p, size_t len);
 
 /* option helpers for backends: unknown keys are an error naming the known ones */
 int pa_opt_check(const pa_option *opts, size_t nopts, const char *const *known, const char *backend,

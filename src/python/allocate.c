@@ -17,8 +17,14 @@ static int pa_parse_align(PyObject *align, size_t *out)
                      Py_TYPE(align)->tp_name);
         return -1;
     }
-    Py_ssize_t v = PyNumber_AsSsize_t(align, NULL);
+    Py_ssize_t v = PyNumber_AsSsize_t(align, PyExc_OverflowError);
     if (v == -1 && PyErr_Occurred()) {
+        if (PyErr_ExceptionMatches(PyExc_OverflowError)) {
+            PyErr_Clear();
+            PyErr_Format(PyExc_ValueError,
+                         "align must be a power of two between 1 and 2**30 bytes, got %R",
+                         align);
+        }
         return -1;
     }
     /* beyond 1 GiB nothing real needs it, and it would only waste the pool */
@@ -222,6 +228,13 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     descr = pa_sized_descr(descr);
     if (descr == NULL) {
         goto fail;
+    }
+    if (PyDataType_HASFIELDS(descr)) {
+        /* dtype.names can be assigned: each buffer gets a descriptor of its own */
+        Py_SETREF(descr, PyArray_DescrNew(descr));
+        if (descr == NULL) {
+            goto fail;
+        }
     }
     if (PyDataType_REFCHK(descr)) {
         PyErr_Format(PyExc_TypeError,

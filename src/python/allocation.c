@@ -26,18 +26,38 @@ void pa_py_allocation_release(AllocationObject *a)
     a->backend = NULL;
     if (b->be != NULL) {
         pa_free(b->be, &a->block);
-        if (b->closing && b->be->buffers == 0) {
-            pa_backend *be = b->be;
-            b->be = NULL;
-            pa_close(be);
-        }
+        pa_py_backend_settle(b);
     }
     Py_DECREF(b);
 }
 
+/* backends of blocks kept for the rest of the process (see allocation_dealloc);
+ * held here so that what is kept stays reachable, not leaked */
+static PyObject *pa_kept;
+
 static void allocation_dealloc(PyObject *self)
 {
-    pa_py_allocation_release((AllocationObject *)self);
+    AllocationObject *a = (AllocationObject *)self;
+    /* Normally the anchor's own dealloc drops the last reference to us. If
+     * the anchor is still alive, ndarray.__setstate__ made it let go of us
+     * while arrays (plain views of it) may still point into the block: keep
+     * the block (and its backend) for the rest of the process rather than
+     * let the next allocation alias it. */
+    if (a->anchor != NULL && Py_REFCNT(a->anchor) > 0 && a->backend != NULL) {
+        PyObject *exc_type, *exc_value, *exc_tb;
+        PyErr_Fetch(&exc_type, &exc_value, &exc_tb);
+        if (pa_kept == NULL) {
+            pa_kept = PyList_New(0);
+        }
+        if (pa_kept == NULL || PyList_Append(pa_kept, (PyObject *)a->backend) < 0) {
+            PyErr_Clear();
+            Py_INCREF(a->backend); /* cannot record it: keep it all the same */
+        }
+        PyErr_Restore(exc_type, exc_value, exc_tb);
+        Py_DECREF(a->backend); /* the list holds it now */
+        a->backend = NULL;
+    }
+    pa_py_allocation_release(a);
     Py_TYPE(self)->tp_free(self);
 }
 
@@ -94,6 +114,7 @@ void pa_py_link(BufferObject *buf, AllocationObject *a)
     Py_INCREF(a);
     buf->alloc = a;
     a->views++;
+    a->exports += buf->exports; /* taken before it was linked (_array_finalize) */
 }
 
 /* The allocation whose memory an array's data pointer lies in, following its
@@ -129,6 +150,13 @@ PyObject *pa_py_freebuffer(PyObject *self, PyObject *unused)
                         "freebuffer() must be called on the Buffer that allocate() returned, not "
                         "on a view of it; a view's memory is released when the buffer and its "
                         "last view are deleted");
+        return NULL;
+    }
+    if (PyArray_BASE((PyArrayObject *)a->anchor) != (PyObject *)a) {
+        PyErr_SetString(PyExc_BufferError,
+                        "cannot free this buffer: ndarray.__setstate__ was called on its base, so "
+                        "views of its memory can no longer be counted; the memory is kept until "
+                        "the process exits");
         return NULL;
     }
     Py_ssize_t views = a->views - 1;

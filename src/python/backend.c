@@ -28,6 +28,9 @@ PyObject *pa_py_raise(int rc, const pa_err *err)
     case EBUSY:
         PyErr_SetString(PyExc_BlockingIOError, err->msg);
         break;
+    case ECHILD: /* a backend inherited through fork() */
+        PyErr_SetString(PyExc_RuntimeError, err->msg);
+        break;
     default: {
         /* OSError(errno, msg) picks the subclass: PermissionError, FileNotFoundError ... */
         PyObject *args = Py_BuildValue("(is)", code, err->msg);
@@ -48,6 +51,26 @@ int pa_py_report(const BackendObject *b, int rc, const pa_err *err)
         return -1;
     }
     return PyErr_WarnEx(PaExc_CoherencyWarning, err->msg, 1);
+}
+
+const char *pa_py_cstr(PyObject *s, const char *what)
+{
+    Py_ssize_t n;
+    const char *c = PyUnicode_AsUTF8AndSize(s, &n);
+    if (c != NULL && strlen(c) != (size_t)n) {
+        PyErr_Format(PyExc_ValueError, "%s must not contain a NUL character: %R", what, s);
+        return NULL;
+    }
+    return c;
+}
+
+void pa_py_backend_settle(BackendObject *b)
+{
+    if (b->closing && b->be != NULL && b->be->buffers == 0 && b->pins == 0) {
+        pa_backend *be = b->be;
+        b->be = NULL;
+        pa_close(be);
+    }
 }
 
 /* str(value) for the core's option parser; bools as 1/0 */
@@ -85,7 +108,7 @@ PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs)
                      Py_TYPE(spec)->tp_name);
         return NULL;
     }
-    const char *cspec = PyUnicode_AsUTF8(spec);
+    const char *cspec = pa_py_cstr(spec, "a backend spec");
     if (cspec == NULL) {
         return NULL;
     }
@@ -113,8 +136,8 @@ PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs)
             goto done;
         }
         Py_DECREF(text);
-        opts[i].key = PyUnicode_AsUTF8(key);
-        opts[i].value = PyUnicode_AsUTF8(text);
+        opts[i].key = pa_py_cstr(key, "a backend option name");
+        opts[i].value = opts[i].key != NULL ? pa_py_cstr(text, "a backend option value") : NULL;
         if (opts[i].key == NULL || opts[i].value == NULL) {
             goto done;
         }
@@ -140,6 +163,7 @@ PyObject *pa_py_backend_open(PyObject *spec, PyObject *kwargs)
     self->ops = be->ops;
     self->check = check;
     self->closing = 0;
+    self->pins = 0;
     self->weakreflist = NULL;
     Py_INCREF(spec);
     self->spec = spec;
@@ -162,11 +186,15 @@ static void backend_dealloc(PyObject *op)
     Py_TYPE(op)->tp_free(op);
 }
 
-static BackendObject *backend_open_or_raise(PyObject *op)
+/* device_read/device_write: a closed backend still serves its live buffers */
+static BackendObject *backend_live_or_raise(PyObject *op)
 {
     BackendObject *self = (BackendObject *)op;
-    if (self->be == NULL || self->closing) {
-        PyErr_Format(PyExc_ValueError, "backend %U is closed", self->spec);
+    if (self->be == NULL) {
+        PyErr_Format(PyExc_ValueError,
+                     "backend %U is closed and its last buffer is gone; there is no device "
+                     "memory left to access",
+                     self->spec);
         return NULL;
     }
     return self;
@@ -236,12 +264,9 @@ static PyObject *backend_close(PyObject *op, PyObject *unused)
     (void)unused;
     BackendObject *self = (BackendObject *)op;
     self->closing = 1;
-    /* with buffers alive, the core backend closes when the last one goes */
-    if (self->be != NULL && self->be->buffers == 0) {
-        pa_backend *be = self->be;
-        self->be = NULL;
-        pa_close(be);
-    }
+    /* with buffers alive (or a call running without the GIL), the core
+     * backend closes when the last of them is gone */
+    pa_py_backend_settle(self);
     Py_RETURN_NONE;
 }
 
@@ -251,9 +276,8 @@ static PyObject *backend_device_read(PyObject *op, PyObject *args, PyObject *kwa
     unsigned long long addr;
     Py_ssize_t n;
     int check = 1;
-    BackendObject *self = backend_open_or_raise(op);
-    if (self == NULL ||
-        !PyArg_ParseTupleAndKeywords(args, kwargs, "Kn|$p:device_read", kwlist, &addr, &n,
+    BackendObject *self = (BackendObject *)op;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "Kn|$p:device_read", kwlist, &addr, &n,
                                      &check)) {
         return NULL;
     }
@@ -265,11 +289,20 @@ static PyObject *backend_device_read(PyObject *op, PyObject *args, PyObject *kwa
     if (out == NULL) {
         return NULL;
     }
+    /* checked after the allocation: a garbage collection may close us */
+    if (backend_live_or_raise(op) == NULL) {
+        Py_DECREF(out);
+        return NULL;
+    }
     pa_err err;
     int rc;
+    pa_backend *be = self->be;
+    self->pins++; /* close() + the last free cannot close be meanwhile */
     Py_BEGIN_ALLOW_THREADS
-    rc = pa_sim_device_access(self->be, addr, PyBytes_AS_STRING(out), (size_t)n, false, &err);
+    rc = pa_sim_device_access(be, addr, PyBytes_AS_STRING(out), (size_t)n, false, &err);
     Py_END_ALLOW_THREADS
+    self->pins--;
+    pa_py_backend_settle(self);
     /* check=False: a debugger's peek; a read changes nothing, so only the report goes */
     if (rc < 0 || (rc > 0 && check && pa_py_report(self, rc, &err) < 0)) {
         Py_DECREF(out);
@@ -282,16 +315,25 @@ static PyObject *backend_device_write(PyObject *op, PyObject *args)
 {
     unsigned long long addr;
     Py_buffer data;
-    BackendObject *self = backend_open_or_raise(op);
-    if (self == NULL || !PyArg_ParseTuple(args, "Ky*:device_write", &addr, &data)) {
+    BackendObject *self = (BackendObject *)op;
+    if (!PyArg_ParseTuple(args, "Ky*:device_write", &addr, &data)) {
+        return NULL;
+    }
+    /* checked after parsing: taking the data may run Python code that closes us */
+    if (backend_live_or_raise(op) == NULL) {
+        PyBuffer_Release(&data);
         return NULL;
     }
     pa_err err;
     int rc;
+    pa_backend *be = self->be;
+    self->pins++; /* close() + the last free cannot close be meanwhile */
     Py_BEGIN_ALLOW_THREADS
-    rc = pa_sim_device_access(self->be, addr, data.buf, (size_t)data.len, true, &err);
+    rc = pa_sim_device_access(be, addr, data.buf, (size_t)data.len, true, &err);
     Py_END_ALLOW_THREADS
+    self->pins--;
     PyBuffer_Release(&data);
+    pa_py_backend_settle(self);
     if (rc < 0) {
         return pa_py_raise(rc, &err);
     }

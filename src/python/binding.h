@@ -33,6 +33,7 @@ typedef struct {
     PyObject *spec; /* str */
     int check;      /* sim checking: 0 off, 1 warn, 2 raise */
     int closing;    /* close() was called */
+    Py_ssize_t pins; /* calls using be without the GIL; be is not closed while > 0 */
     PyObject *weakreflist;
 } BackendObject;
 
@@ -52,6 +53,7 @@ typedef struct {
     PyArrayObject_fields arr;
     AllocationObject *alloc; /* strong; NULL for arrays not backed by device memory */
     int freed;               /* freebuffer() emptied this array */
+    Py_ssize_t exports;      /* its own buffer-protocol exports (added to alloc's once linked) */
 } BufferObject;
 
 extern PyTypeObject PaBackend_Type;
@@ -67,6 +69,12 @@ extern PyObject *PaExc_CoherencyError;
 PyObject *pa_py_raise(int rc, const pa_err *err);
 /* sim checking report (rc > 0): warn or raise per the backend's mode; -1 if raised */
 int pa_py_report(const BackendObject *b, int rc, const pa_err *err);
+
+/* closes b's core backend once close() was asked, its last block is gone and
+ * no call uses it without the GIL */
+void pa_py_backend_settle(BackendObject *b);
+/* the UTF-8 text of a str for C; ValueError naming what for an embedded NUL */
+const char *pa_py_cstr(PyObject *s, const char *what);
 
 int pa_py_buffer_ready(void);
 int pa_py_backend_ready(void);

@@ -203,6 +203,49 @@ static PyObject *buffer_link_method(PyObject *self, PyObject *obj)
     Py_RETURN_NONE;
 }
 
+/* __array_finalize__ in the type's dict: NumPy 2 looks it up on the type and
+ * calls a PyCapsule there as a C function (no Python-level call per view);
+ * looked up on an instance (NumPy's subok=True helpers call
+ * new.__array_finalize__(original) from Python, as do subclasses through
+ * super()) it is the bound method. NumPy 1.x looks it up on the instance for
+ * every view, so there it stays the capsule. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *capsule;
+} FinalizeDescrObject;
+
+static int pa_numpy1; /* the running NumPy is 1.x */
+
+static PyMethodDef buffer_finalize_def = {
+    "__array_finalize__", buffer_link_method, METH_O,
+    "__array_finalize__($self, obj, /)\n--\n\nLinks this array to the device memory of obj "
+    "when it shares it."};
+
+static PyObject *finalize_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    (void)type;
+    if (obj == NULL || obj == Py_None || pa_numpy1) {
+        PyObject *capsule = ((FinalizeDescrObject *)self)->capsule;
+        Py_INCREF(capsule);
+        return capsule;
+    }
+    return PyCFunction_New(&buffer_finalize_def, obj);
+}
+
+static void finalize_descr_dealloc(PyObject *self)
+{
+    Py_XDECREF(((FinalizeDescrObject *)self)->capsule);
+    Py_TYPE(self)->tp_free(self);
+}
+
+static PyTypeObject FinalizeDescr_Type = {
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "pynq_alloc._FinalizeDescriptor",
+    .tp_basicsize = sizeof(FinalizeDescrObject),
+    .tp_dealloc = finalize_descr_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_descr_get = finalize_descr_get,
+};
+
 static binaryfunc pa_ndarray_subscript;
 static ssizeargfunc pa_ndarray_item;
 static PyObject *pa_ndarray_view;     /* ndarray.view */
@@ -308,6 +351,60 @@ static PyObject *buffer_array_wrap(PyObject *self, PyObject *args, PyObject *kwd
     return PyArray_View((PyArrayObject *)arr, NULL, to);
 }
 
+/* ndarray.__setstate__ would swap the memory under the array and drop what
+ * keeps the device memory alive; Buffers are never unpickled as Buffers */
+static PyObject *buffer_setstate(PyObject *self, PyObject *state)
+{
+    (void)self;
+    (void)state;
+    PyErr_SetString(PyExc_TypeError,
+                    "a pynq_alloc Buffer's memory cannot be replaced (__setstate__); a pickled "
+                    "Buffer is restored as a plain numpy.ndarray, and new device memory comes "
+                    "from pynq_alloc.allocate()");
+    return NULL;
+}
+
+static PyObject *buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    (void)args;
+    (void)kwds;
+    PyErr_Format(PyExc_TypeError,
+                 "%.100s cannot be constructed directly (over a buffer= or not): device "
+                 "memory comes from pynq_alloc.allocate(shape, dtype, target=...)",
+                 type->tp_name);
+    return NULL;
+}
+
+static PyObject *pa_ndarray_dlpack; /* ndarray.__dlpack__ */
+
+/* A DLPack capsule holds the array it was made from. Made from the root it
+ * would hold the root, whose holders freebuffer() cannot count; made from a
+ * plain view instead, it holds the anchor, which freebuffer() counts. */
+static PyObject *buffer_dlpack(PyObject *self, PyObject *args, PyObject *kwds)
+{
+    PyObject *target = pa_py_root_of(self) != NULL
+                           ? PyArray_View((PyArrayObject *)self, NULL, &PyArray_Type)
+                           : (Py_INCREF(self), self);
+    if (target == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(args);
+    PyObject *full = PyTuple_New(n + 1), *res = NULL;
+    if (full != NULL) {
+        Py_INCREF(target);
+        PyTuple_SET_ITEM(full, 0, target);
+        for (Py_ssize_t i = 0; i < n; i++) {
+            PyObject *arg = PyTuple_GET_ITEM(args, i);
+            Py_INCREF(arg);
+            PyTuple_SET_ITEM(full, i + 1, arg);
+        }
+        res = PyObject_Call(pa_ndarray_dlpack, full, kwds);
+        Py_DECREF(full);
+    }
+    Py_DECREF(target);
+    return res;
+}
+
 /* device memory cannot travel to another process: pickle the data as ndarray */
 static PyObject *buffer_reduce_ex(PyObject *self, PyObject *args)
 {
@@ -340,9 +437,10 @@ static PyObject *buffer_reduce(PyObject *self, PyObject *unused)
 static PyObject *pa_html_escape(PyObject *text)
 {
     PyObject *res = text;
-    static const char *pairs[][2] = {{"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}};
+    static const char *pairs[][2] = {
+        {"&", "&amp;"}, {"<", "&lt;"}, {">", "&gt;"}, {"\"", "&quot;"}, {"'", "&#x27;"}};
     Py_INCREF(res);
-    for (size_t i = 0; res != NULL && i < 3; i++) {
+    for (size_t i = 0; res != NULL && i < sizeof(pairs) / sizeof(pairs[0]); i++) {
         PyObject *from = PyUnicode_FromString(pairs[i][0]);
         PyObject *to = PyUnicode_FromString(pairs[i][1]);
         PyObject *next = (from && to) ? PyUnicode_Replace(res, from, to, -1) : NULL;
@@ -357,12 +455,15 @@ static PyObject *pa_html_escape(PyObject *text)
 static PyObject *buffer_repr_html(PyObject *self, PyObject *unused)
 {
     (void)unused;
-    PyObject *repr = PyObject_Repr(self), *esc = NULL, *res = NULL;
+    PyObject *repr = PyObject_Repr(self), *esc = NULL, *spec = NULL, *res = NULL;
     if (repr == NULL || (esc = pa_html_escape(repr)) == NULL) {
         goto done;
     }
     BufferObject *buf = (BufferObject *)self;
     AllocationObject *a = buffer_live(buf);
+    if (a != NULL && (spec = pa_html_escape(a->backend->spec)) == NULL) {
+        goto done;
+    }
     if (a != NULL) {
         uint64_t addr = a->block.device_address +
                         (uint64_t)(PyArray_BYTES((PyArrayObject *)self) - (char *)a->block.cpu);
@@ -370,7 +471,7 @@ static PyObject *buffer_repr_html(PyObject *self, PyObject *unused)
         snprintf(where, sizeof(where), "device_address 0x%llx &middot; %zd bytes",
                  (unsigned long long)addr, (Py_ssize_t)PyArray_NBYTES((PyArrayObject *)self));
         res = PyUnicode_FromFormat("<pre>%U</pre><small>%s &middot; backend %U &middot; %s</small>",
-                                   esc, where, a->backend->spec,
+                                   esc, where, spec,
                                    a->block.coherent ? "coherent" : "non-coherent (flush/invalidate)");
     } else {
         res = PyUnicode_FromFormat("<pre>%U</pre><small>%s</small>", esc,
@@ -380,6 +481,7 @@ static PyObject *buffer_repr_html(PyObject *self, PyObject *unused)
 done:
     Py_XDECREF(repr);
     Py_XDECREF(esc);
+    Py_XDECREF(spec);
     return res;
 }
 
@@ -389,9 +491,10 @@ static int buffer_getbuffer(PyObject *self, Py_buffer *view, int flags)
     if (PyArray_Type.tp_as_buffer->bf_getbuffer(self, view, flags) < 0) {
         return -1;
     }
-    AllocationObject *a = ((BufferObject *)self)->alloc;
-    if (a != NULL) {
-        a->exports++;
+    BufferObject *buf = (BufferObject *)self;
+    buf->exports++;
+    if (buf->alloc != NULL) {
+        buf->alloc->exports++;
     }
     return 0;
 }
@@ -401,9 +504,10 @@ static void buffer_releasebuffer(PyObject *self, Py_buffer *view)
     if (PyArray_Type.tp_as_buffer->bf_releasebuffer != NULL) {
         PyArray_Type.tp_as_buffer->bf_releasebuffer(self, view);
     }
-    AllocationObject *a = ((BufferObject *)self)->alloc;
-    if (a != NULL) {
-        a->exports--;
+    BufferObject *buf = (BufferObject *)self;
+    buf->exports--;
+    if (buf->alloc != NULL) {
+        buf->alloc->exports--;
     }
 }
 
@@ -452,6 +556,9 @@ static PyMethodDef buffer_methods[] = {
     {"__array_wrap__", (PyCFunction)(void (*)(void))buffer_array_wrap,
      METH_VARARGS | METH_KEYWORDS, NULL},
     {"__reduce__", buffer_reduce, METH_NOARGS, NULL},
+    {"__setstate__", buffer_setstate, METH_O, NULL},
+    {"__dlpack__", (PyCFunction)(void (*)(void))buffer_dlpack, METH_VARARGS | METH_KEYWORDS,
+     "numpy.ndarray.__dlpack__; the capsule counts as a plain view for freebuffer()."},
     {"__reduce_ex__", buffer_reduce_ex, METH_VARARGS, NULL},
     {"_repr_html_", buffer_repr_html, METH_NOARGS, NULL},
     {NULL, NULL, 0, NULL},
@@ -488,6 +595,7 @@ PyTypeObject PaBuffer_Type = {
     .tp_doc = buffer_doc,
     .tp_methods = buffer_methods,
     .tp_getset = buffer_getset,
+    .tp_new = buffer_new,
 };
 
 int pa_py_buffer_ready(void)
@@ -510,16 +618,27 @@ int pa_py_buffer_ready(void)
         PyErr_SetString(PyExc_ImportError, "pynq_alloc: numpy.ndarray has no view/flat");
         return -1;
     }
-    Py_INCREF(pa_ndarray_view); /* kept for the life of the process, as the type is */
-    Py_INCREF(pa_ndarray_flat);
-    if (PyType_Ready(&PaAllocation_Type) < 0 || PyType_Ready(&PaBuffer_Type) < 0) {
+    pa_ndarray_dlpack = PyDict_GetItemString(PyArray_Type.tp_dict, "__dlpack__");
+    if (pa_ndarray_dlpack == NULL) {
+        PyErr_SetString(PyExc_ImportError, "pynq_alloc: numpy.ndarray has no __dlpack__");
         return -1;
     }
-    PyObject *fin = PyCapsule_New((void *)buffer_finalize, NULL, NULL);
+    Py_INCREF(pa_ndarray_view); /* kept for the life of the process, as the type is */
+    Py_INCREF(pa_ndarray_flat);
+    Py_INCREF(pa_ndarray_dlpack);
+    pa_numpy1 = PyArray_GetNDArrayCVersion() < 0x02000000;
+    if (PyType_Ready(&PaAllocation_Type) < 0 || PyType_Ready(&FinalizeDescr_Type) < 0 ||
+        PyType_Ready(&PaBuffer_Type) < 0) {
+        return -1;
+    }
+    FinalizeDescrObject *fin = PyObject_New(FinalizeDescrObject, &FinalizeDescr_Type);
     if (fin == NULL) {
         return -1;
     }
-    int rc = PyDict_SetItemString(PaBuffer_Type.tp_dict, "__array_finalize__", fin);
+    fin->capsule = PyCapsule_New((void *)buffer_finalize, NULL, NULL);
+    int rc = fin->capsule == NULL ? -1
+                                  : PyDict_SetItemString(PaBuffer_Type.tp_dict,
+                                                         "__array_finalize__", (PyObject *)fin);
     Py_DECREF(fin);
     PyType_Modified(&PaBuffer_Type);
     return rc;

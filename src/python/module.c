@@ -11,6 +11,8 @@
 
 typedef struct {
     PyObject *dflt;  /* BackendObject or NULL: the default backend */
+    PyObject *dflt_spec; /* str: set_default_backend('spec') opened dflt; else NULL */
+    int dflt_given;  /* dflt is a Backend the user passed to set_default_backend() */
     PyObject *specs; /* dict: spec string -> BackendObject, for allocate(target='...') */
     int warned;      /* the sim fallback warning was given */
 } pa_state;
@@ -91,11 +93,31 @@ static int pa_path_exists(const char *path)
     return pa_path(full, sizeof(full), path) == 0 && access(full, F_OK) == 0;
 }
 
+/* A backend this module opened by itself (the default, allocate(target='spec'))
+ * is replaced by a new one when it was closed, or inherited through fork():
+ * nobody else holds it to open it again. */
+static int pa_replaceable(PyObject *op)
+{
+    BackendObject *b = (BackendObject *)op;
+    return b->be == NULL || b->closing || pa_inherited(b->be);
+}
+
 /* PYNQ_ALLOC_BACKEND, else the first usable board backend, else sim off-board */
 static PyObject *pa_resolve_default(pa_state *st)
 {
     if (st->dflt != NULL) {
-        return st->dflt;
+        if (st->dflt_given || !pa_replaceable(st->dflt)) {
+            return st->dflt;
+        }
+        if (st->dflt_spec != NULL) {
+            PyObject *be = pa_open_with_env(PyUnicode_AsUTF8(st->dflt_spec), 1);
+            if (be == NULL) {
+                return NULL;
+            }
+            Py_SETREF(st->dflt, be);
+            return be;
+        }
+        Py_CLEAR(st->dflt);
     }
     const char *env = getenv("PYNQ_ALLOC_BACKEND");
     PyObject *be = NULL;
@@ -171,14 +193,17 @@ static PyObject *pa_resolve_target(pa_state *st, PyObject *target)
         return NULL; /* not ours: the caller tries target.allocate */
     }
     PyObject *be = PyDict_GetItemWithError(st->specs, target);
-    if (be != NULL || PyErr_Occurred()) {
+    if (be != NULL && !pa_replaceable(be)) {
         return be;
     }
-    if (st->dflt != NULL &&
+    if (PyErr_Occurred()) {
+        return NULL;
+    }
+    if (st->dflt != NULL && !pa_replaceable(st->dflt) &&
         PyUnicode_Compare(((BackendObject *)st->dflt)->spec, target) == 0) {
         return st->dflt;
     }
-    const char *spec = PyUnicode_AsUTF8(target);
+    const char *spec = pa_py_cstr(target, "a backend spec");
     if (spec == NULL || (be = pa_open_with_env(spec, 0)) == NULL) {
         return NULL;
     }
@@ -400,16 +425,23 @@ static PyObject *pa_set_default_backend(PyObject *module, PyObject *arg)
     PyObject *be;
     if (arg == Py_None) {
         Py_CLEAR(st->dflt);
+        Py_CLEAR(st->dflt_spec);
+        st->dflt_given = 0;
         Py_RETURN_NONE;
     }
     if (PaBackend_Check(arg)) {
         Py_INCREF(arg);
         be = arg;
+        Py_CLEAR(st->dflt_spec);
+        st->dflt_given = 1;
     } else if (PyUnicode_Check(arg)) {
-        const char *spec = PyUnicode_AsUTF8(arg);
+        const char *spec = pa_py_cstr(arg, "a backend spec");
         if (spec == NULL || (be = pa_open_with_env(spec, 1)) == NULL) {
             return NULL;
         }
+        Py_INCREF(arg);
+        Py_XSETREF(st->dflt_spec, arg);
+        st->dflt_given = 0;
     } else {
         PyErr_Format(PyExc_TypeError, "expected a backend or a spec string, not %.100s",
                      Py_TYPE(arg)->tp_name);
@@ -488,6 +520,7 @@ static int pa_traverse(PyObject *module, visitproc visit, void *arg)
 {
     pa_state *st = pa_get_state(module);
     Py_VISIT(st->dflt);
+    Py_VISIT(st->dflt_spec);
     Py_VISIT(st->specs);
     return 0;
 }
@@ -496,6 +529,7 @@ static int pa_clear(PyObject *module)
 {
     pa_state *st = pa_get_state(module);
     Py_CLEAR(st->dflt);
+    Py_CLEAR(st->dflt_spec);
     Py_CLEAR(st->specs);
     return 0;
 }

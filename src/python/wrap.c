@@ -77,6 +77,7 @@ static BackendObject *pa_wrap_standin(void)
     b->spec = PyUnicode_FromString("wrap");
     b->check = 0;
     b->closing = 1;
+    b->pins = 0;
     b->weakreflist = NULL;
     if (b->spec == NULL) {
         Py_DECREF(b);

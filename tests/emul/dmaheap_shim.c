@@ -88,6 +88,7 @@ typedef struct shim_buf {
 typedef struct shim_fd {
     int used;
     int fd;
+    pid_t pid; /* the process that opened it: a forked copy's close releases nothing */
     int buf; /* index into bufs, or -1 for a heap node */
     char heap[256];
 } shim_fd;
@@ -172,6 +173,7 @@ static shim_fd *shim_fd_add(int fd, int buf, const char *heap)
     for (int i = 0; i < SHIM_MAX; i++) {
         if (!shim_fds[i].used) {
             shim_fds[i].used = 1;
+            shim_fds[i].pid = getpid();
             shim_fds[i].fd = fd;
             shim_fds[i].buf = buf;
             snprintf(shim_fds[i].heap, sizeof(shim_fds[i].heap), "%s", heap);
@@ -284,7 +286,11 @@ EXPORT int close(int fd)
     shim_resolve();
     pthread_mutex_lock(&shim_lock);
     shim_fd *f = shim_fd_find(fd);
-    if (f != NULL) {
+    if (f != NULL && f->pid != getpid()) {
+        /* a copy inherited through fork(): the file stays open in the opener,
+         * as the kernel's reference count keeps it */
+        shim_log("closecopy fd=%d", fd);
+    } else if (f != NULL) {
         if (f->buf < 0) {
             shim_log("close heap=%s fd=%d", f->heap, fd);
         } else {
@@ -525,15 +531,44 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 }
 
 /* is64: called as mmap64 (off64_t offsets on 32-bit targets) */
+/* A MAP_FIXED mapping replaces what was there, as munmap would: the kernel
+ * drops those dma-buf mappings (and their references on the buffer). */
+static void shim_fixed_replaced(void *addr, size_t len)
+{
+    uintptr_t lo = (uintptr_t)addr, hi = lo + (len + SHIM_PAGE - 1) / SHIM_PAGE * SHIM_PAGE;
+    for (int i = 0; i < SHIM_MAX; i++) {
+        shim_map *m = &shim_maps[i];
+        uintptr_t mlo = (uintptr_t)m->addr, mhi = mlo + m->real_len;
+        if (m->addr == NULL || mhi <= lo || mlo >= hi) {
+            continue;
+        }
+        shim_buf *sb = &shim_bufs[m->buf];
+        if (mlo < lo || mhi > hi) {
+            shim_log("BAD mmap MAP_FIXED over part of buf=%d's mapping addr=0x%lx", sb->id,
+                     (unsigned long)mlo);
+            continue;
+        }
+        shim_log("munmap buf=%d addr=0x%lx len=%zu (replaced by MAP_FIXED)", sb->id,
+                 (unsigned long)mlo, m->len);
+        m->addr = NULL;
+        sb->maps--;
+        shim_buf_maybe_release(m->buf);
+    }
+}
+
 static void *shim_mmap(void *addr, size_t len, int prot, int flags, int fd, off64_t off, int is64)
 {
     shim_resolve();
     pthread_mutex_lock(&shim_lock);
     shim_fd *f = fd >= 0 ? shim_fd_find(fd) : NULL;
     if (f == NULL || f->buf < 0) {
+        void *p = is64 ? real_mmap64(addr, len, prot, flags, fd, off)
+                       : real_mmap(addr, len, prot, flags, fd, (off_t)off);
+        if (p != MAP_FAILED && (flags & MAP_FIXED) != 0) {
+            shim_fixed_replaced(p, len);
+        }
         pthread_mutex_unlock(&shim_lock);
-        return is64 ? real_mmap64(addr, len, prot, flags, fd, off)
-                    : real_mmap(addr, len, prot, flags, fd, (off_t)off);
+        return p;
     }
     shim_buf *sb = &shim_bufs[f->buf];
     int e = 0;

@@ -182,15 +182,27 @@ EXPORT uint32_t cma_pages_available(void)
 #endif
 
 #ifndef FAKE_NO_SYNC
-/* buf must lie in a live buffer and phys must be its physical address */
+/* What the xlnk driver's cache-control ioctl does with (phys_addr, size):
+ * it finds the CMA buffer that contains phys_addr (xlnk_buf_find_by_phys_addr;
+ * none: -EINVAL), then maintains the L1 from the START of that buffer's
+ * kernel mapping for size bytes, and the L2 (outer cache) over
+ * [phys_addr, phys_addr + size). buf is not passed to the driver. Logged: the
+ * byte ranges, as offsets in the buffer, each level really maintained. */
 static void fake_sync(const char *what, void *buf, unsigned int phys_addr, int size)
 {
     pthread_mutex_lock(&fake_lock);
-    fake_buf *b = size > 0 ? fake_find(buf, (size_t)size) : NULL;
-    int ok =
-        b != NULL && phys_addr == (unsigned int)(b->phys + (unsigned long)((char *)buf - b->virt));
-    fake_log("%s%s buf=%p phys=0x%x size=%d cacheable=%u", ok ? "" : "BAD ", what, buf, phys_addr,
-             size, b != NULL ? b->cacheable : 0u);
+    fake_buf *b = NULL;
+    for (size_t i = 0; i < fake_n; i++) {
+        if (fake_bufs[i].phys <= phys_addr && phys_addr < fake_bufs[i].phys + fake_bufs[i].maplen) {
+            b = &fake_bufs[i];
+        }
+    }
+    size_t l2 = b != NULL ? phys_addr - b->phys : 0;
+    /* past the buffer's end the driver maintains whatever memory follows it */
+    int ok = b != NULL && size > 0 && (size_t)size <= b->maplen && l2 + (size_t)size <= b->maplen;
+    fake_log("%s%s buf=%p phys=0x%x size=%d cacheable=%u l1lo=0 l1hi=%d l2lo=%zu l2hi=%zu",
+             ok ? "" : "BAD ", what, buf, phys_addr, size, b != NULL ? b->cacheable : 0u, size, l2,
+             l2 + (size_t)(size > 0 ? size : 0));
     pthread_mutex_unlock(&fake_lock);
 }
 

@@ -15,6 +15,12 @@
  *   ZOCL_SHIM_ALIGN       largest physical alignment of a BO (default 1 MiB, the kernel's
  *                         CONFIG_CMA_ALIGNMENT=8 with 4 KiB pages)
  *   ZOCL_SHIM_OPEN_ERRNO  open() of the node fails with this errno
+ *   ZOCL_SHIM_PLDDR       "BANK:BASE:SIZE": memory bank BANK is PL-DDR, a device-tree
+ *                         reserved-memory region [BASE, BASE+SIZE) that zocl manages with
+ *                         its range allocator: BOs there come from that range, CACHEABLE
+ *                         is dropped (zocl_create_bo_ioctl: "Cache is not supported and
+ *                         turned off for PL-DDR"), and SYNC_BO does nothing (coherent,
+ *                         not CMA). INFO_BO still reports the flags the user asked for.
  *   ZOCL_SHIM_FAIL        "info", "map" or "mmap": that step fails; "oldinfo": INFO_BO
  *                         succeeds without filling anything in (a pre-2019 driver)
  * Test hooks (call through ctypes.CDLL(None)):
@@ -83,6 +89,7 @@ typedef struct shim_bo {
     uint32_t handle, flags;
     int memfd;
     uint64_t size, paddr, offset;
+    int pl_ddr; /* in the PL-DDR bank: coherent, no cache maintenance */
 } shim_bo;
 
 static pthread_mutex_t shim_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -94,7 +101,10 @@ static int shim_open_errno;
 static uint64_t shim_cma = 256u << 20, shim_align = 1u << 20, shim_used;
 static uint64_t shim_next_phys = 0x70000000u, shim_next_off;
 static size_t shim_page = 4096;
+static long shim_plddr_bank = -1;
+static uint64_t shim_plddr_base, shim_plddr_size, shim_plddr_next;
 static unsigned char shim_fds[SHIM_MAXFD];
+static pid_t shim_fd_pid[SHIM_MAXFD]; /* who opened it: a forked copy's close releases nothing */
 static shim_bo *shim_bos;
 static size_t shim_nbos;
 
@@ -159,6 +169,13 @@ static void shim_init(void)
     shim_open_errno = (int)shim_env_u64("ZOCL_SHIM_OPEN_ERRNO", 0);
     shim_cma = shim_env_u64("ZOCL_SHIM_CMA", shim_cma);
     shim_align = shim_env_u64("ZOCL_SHIM_ALIGN", shim_align);
+    const char *pl = getenv("ZOCL_SHIM_PLDDR");
+    unsigned long long b, base, size;
+    if (pl != NULL && sscanf(pl, "%llu:%lli:%lli", &b, &base, &size) == 3) {
+        shim_plddr_bank = (long)b;
+        shim_plddr_base = shim_plddr_next = base;
+        shim_plddr_size = size;
+    }
     long pg = sysconf(_SC_PAGESIZE);
     shim_page = pg > 0 ? (size_t)pg : 4096;
     /* DRM_FILE_PAGE_OFFSET_START on 64-bit: 0x100000 pages */
@@ -202,6 +219,7 @@ static int shim_opened(const char *path, int fd)
     if (fd < SHIM_MAXFD) {
         pthread_mutex_lock(&shim_lock);
         shim_fds[fd] = 1;
+        shim_fd_pid[fd] = getpid();
         pthread_mutex_unlock(&shim_lock);
         shim_log("OPEN fd=%d path=%s", fd, path);
     }
@@ -297,7 +315,9 @@ static shim_bo *shim_find(int owner, uint32_t handle)
 static void shim_release(shim_bo *bo, const char *why)
 {
     real_close(bo->memfd);
-    shim_used -= bo->size;
+    if (!bo->pl_ddr) {
+        shim_used -= bo->size; /* CMA accounting */
+    }
     bo->live = 0;
     shim_log("%s handle=%u", why, bo->handle);
 }
@@ -331,8 +351,22 @@ static int shim_create(int fd, struct shim_create_bo *c)
     while (align < size && align < shim_align) {
         align *= 2;
     }
-    uint64_t paddr = (shim_next_phys + align - 1) / align * align;
-    shim_next_phys = paddr + size;
+    uint64_t paddr;
+    int pl_ddr = shim_plddr_bank >= 0 && (long)(c->flags & 0xFFFF) == shim_plddr_bank;
+    if (pl_ddr) {
+        /* drm_mm_insert_node_in_range(..., PAGE_SIZE alignment, [base, base+size)) */
+        if (shim_plddr_next + size > shim_plddr_base + shim_plddr_size) {
+            real_close(memfd);
+            shim_log("CREATE size=%llu flags=0x%x ENOMEM", (unsigned long long)c->size,
+                     c->flags);
+            return ENOMEM;
+        }
+        paddr = shim_plddr_next;
+        shim_plddr_next += size;
+    } else {
+        paddr = (shim_next_phys + align - 1) / align * align;
+        shim_next_phys = paddr + size;
+    }
     shim_bo *slot = NULL;
     for (size_t i = 0; i < shim_nbos; i++) {
         if (!shim_bos[i].live) {
@@ -350,13 +384,16 @@ static int shim_create(int fd, struct shim_create_bo *c)
         slot = &shim_bos[shim_nbos++];
     }
     *slot = (shim_bo){.live = 1, .owner = fd, .handle = handle, .flags = c->flags,
-                      .memfd = memfd, .size = size, .paddr = paddr, .offset = shim_next_off};
+                      .memfd = memfd, .size = size, .paddr = paddr, .offset = shim_next_off,
+                      .pl_ddr = pl_ddr};
     shim_next_off += size;
-    shim_used += size;
+    if (!pl_ddr) {
+        shim_used += size;
+    }
     c->handle = handle;
-    shim_log("CREATE handle=%u size=%llu flags=0x%x bo_size=%llu paddr=0x%llx", handle,
+    shim_log("CREATE handle=%u size=%llu flags=0x%x bo_size=%llu paddr=0x%llx%s", handle,
              (unsigned long long)c->size, c->flags, (unsigned long long)size,
-             (unsigned long long)paddr);
+             (unsigned long long)paddr, pl_ddr ? " plddr=1" : "");
     return 0;
 }
 
@@ -423,8 +460,10 @@ static int shim_do_ioctl(int fd, unsigned long req, void *arg)
                      (unsigned long long)s->offset, (unsigned long long)s->size);
             return EINVAL;
         }
-        shim_log("SYNC handle=%u dir=%u offset=%llu size=%llu", s->handle, s->dir,
-                 (unsigned long long)s->offset, (unsigned long long)s->size);
+        /* zocl_sync_bo_ioctl: a coherent BO outside CMA returns at once */
+        shim_log("SYNC handle=%u dir=%u offset=%llu size=%llu%s", s->handle, s->dir,
+                 (unsigned long long)s->offset, (unsigned long long)s->size,
+                 bo->pl_ddr ? " noop=1" : "");
         return 0;
     }
     if (req == SHIM_IOC_GEM_CLOSE) {
@@ -463,7 +502,12 @@ EXPORT int ioctl(int fd, unsigned long req, ...)
 EXPORT int close(int fd)
 {
     shim_ready();
-    if (shim_is_fd(fd)) {
+    if (shim_is_fd(fd) && shim_fd_pid[fd] != getpid()) {
+        /* a copy inherited through fork(): the DRM file stays open in the
+         * opener (the kernel counts references), its handles with it */
+        shim_fds[fd] = 0;
+        shim_log("CLOSECOPY fd=%d", fd);
+    } else if (shim_is_fd(fd)) {
         /* closing the DRM file releases every handle still open on it */
         pthread_mutex_lock(&shim_lock);
         for (size_t i = 0; i < shim_nbos; i++) {
