@@ -322,7 +322,9 @@ class _SlaveBase:
         self.memory.hexdump(address + self._port.offset, length, prefix)
 
 
-class _AxiWrite(AxiSlaveWrite):
+class _WriteToPort:
+    """The write half of a slave whose storage is a _Port (mixed into cocotbext-axi's)."""
+
     def __init__(self, bus: Any, clock: Any, reset: Any, reset_active_level: bool,
                  port: _Port) -> None:
         self._port_write = port.write
@@ -332,7 +334,9 @@ class _AxiWrite(AxiSlaveWrite):
         self._port_write(address, data)
 
 
-class _AxiRead(AxiSlaveRead):
+class _ReadFromPort:
+    """The read half of a slave whose storage is a _Port (mixed into cocotbext-axi's)."""
+
     def __init__(self, bus: Any, clock: Any, reset: Any, reset_active_level: bool,
                  port: _Port) -> None:
         self._port_read = port.read
@@ -342,24 +346,20 @@ class _AxiRead(AxiSlaveRead):
         return self._port_read(address, length)
 
 
-class _AxiLiteWrite(AxiLiteSlaveWrite):
-    def __init__(self, bus: Any, clock: Any, reset: Any, reset_active_level: bool,
-                 port: _Port) -> None:
-        self._port_write = port.write
-        super().__init__(bus, clock, reset, None, reset_active_level)
-
-    async def _write(self, address: int, data: bytes) -> None:
-        self._port_write(address, data)
+class _AxiWrite(_WriteToPort, AxiSlaveWrite):
+    pass
 
 
-class _AxiLiteRead(AxiLiteSlaveRead):
-    def __init__(self, bus: Any, clock: Any, reset: Any, reset_active_level: bool,
-                 port: _Port) -> None:
-        self._port_read = port.read
-        super().__init__(bus, clock, reset, None, reset_active_level)
+class _AxiRead(_ReadFromPort, AxiSlaveRead):
+    pass
 
-    async def _read(self, address: int, length: int) -> bytes:
-        return self._port_read(address, length)
+
+class _AxiLiteWrite(_WriteToPort, AxiLiteSlaveWrite):
+    pass
+
+
+class _AxiLiteRead(_ReadFromPort, AxiLiteSlaveRead):
+    pass
 
 
 class AxiRam(_SlaveBase):

@@ -90,6 +90,8 @@ int pa_py_parse_cacheable(PyObject *cacheable, unsigned *flags);
  * collected into a new dict *extra (left NULL when there are none). */
 int pa_py_fastargs(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
                    const char *const *names, int npos, int nall, PyObject **out, PyObject **extra);
+/* [lo, hi) byte extent of an array's elements; lo == hi when it has none */
+void pa_py_extent(PyArrayObject *arr, char **lo, char **hi);
 /* allocation.c: lifetime and counting */
 /* release the core block (idempotent); closes the core backend if it was the last */
 void pa_py_allocation_release(AllocationObject *a);

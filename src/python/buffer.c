@@ -11,7 +11,7 @@
 /* ------------------------------------------------------------------- helpers */
 
 /* [lo, hi) byte extent of an array's elements; lo == hi when it has none */
-static void pa_extent(PyArrayObject *arr, char **lo, char **hi)
+void pa_py_extent(PyArrayObject *arr, char **lo, char **hi)
 {
     char *l = PyArray_BYTES(arr), *h = l;
     int nd = PyArray_NDIM(arr);
@@ -132,7 +132,7 @@ static PyObject *buffer_sync(PyObject *self, pa_sync_dir dir, const char *what)
         Py_RETURN_NONE;
     }
     char *lo, *hi;
-    pa_extent((PyArrayObject *)self, &lo, &hi);
+    pa_py_extent((PyArrayObject *)self, &lo, &hi);
     size_t off = (size_t)(lo - (char *)a->block.cpu), len = (size_t)(hi - lo);
     pa_backend *be = a->backend->be;
     pa_err err;

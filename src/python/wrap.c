@@ -86,27 +86,6 @@ static BackendObject *pa_wrap_standin(void)
     return b;
 }
 
-/* [lo, hi) of an array's elements */
-static void pa_wrap_extent(PyArrayObject *arr, char **lo, char **hi)
-{
-    char *l = PyArray_BYTES(arr), *h = l;
-    for (int i = 0; i < PyArray_NDIM(arr); i++) {
-        npy_intp d = PyArray_DIM(arr, i), ext;
-        if (d == 0) {
-            *lo = *hi = l;
-            return;
-        }
-        ext = (d - 1) * PyArray_STRIDE(arr, i);
-        if (ext < 0) {
-            l += ext;
-        } else {
-            h += ext;
-        }
-    }
-    *lo = l;
-    *hi = h + PyArray_ITEMSIZE(arr);
-}
-
 PyObject *pa_py_wrap(PyObject *obj, PyObject *device_address, PyObject *coherent,
                      PyObject *backend, PyObject *on_free)
 {
@@ -202,7 +181,7 @@ PyObject *pa_py_wrap(PyObject *obj, PyObject *device_address, PyObject *coherent
     w->have_view = 1;
 
     char *lo, *hi, *data = PyArray_BYTES(arr);
-    pa_wrap_extent(arr, &lo, &hi);
+    pa_py_extent(arr, &lo, &hi);
     uint64_t lead = (uint64_t)(data - lo);
     if (dev < lead) {
         PyErr_Format(PyExc_ValueError,
