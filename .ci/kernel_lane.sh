@@ -115,27 +115,27 @@ IMAGE=$KDIR/arch/arm64/boot/Image
 MODDIR=$KDIR-modules
 mkdir -p "$MODDIR"
 
-# build_module NAME SRC_DIR KO_RELPATH [make args...]: an out-of-tree module
-# built in a copy of SRC_DIR (the source directory is never written to),
-# cached by the hash of the source files and of our make arguments.
+# build_module NAME SRC_DIR SUBDIR KO [make args...]: an out-of-tree module
+# in SRC_DIR/SUBDIR built in a copy of SRC_DIR (never written to), cached by
+# the hash of the source files and of our make arguments and compat header.
 build_module() {
-    local name=$1 src=$2 ko=$3
-    shift 3
-    [ -d "$src" ] || die "$name: $src is not a directory"
+    local name=$1 src=$2 sub=$3 ko=$4
+    shift 4
+    [ -d "$src/$sub" ] || die "$name: $src/$sub is not a directory"
     local h
     h=$( (cd "$src" && find . -type f \( -name '*.[ch]' -o -name Makefile -o -name Kbuild \) -print0 |
         sort -z | xargs -0 sha256sum; echo "$*"; cat "$ROOT"/.ci/kernel/*compat* 2>/dev/null) | sha256sum | cut -c1-12)
     local b=$MODDIR/$name-$h
     if [ ! -f "$b/.built" ]; then
-        log "$name: building the module from $src"
+        log "$name: building the module from $src/$sub"
         local t0=$SECONDS
         rm -rf "$b" && mkdir -p "$b" && cp -a "$src"/. "$b"/
-        nice make -C "$KDIR" ARCH=arm64 CROSS_COMPILE=$CROSS M="$b" -j"$JOBS" "$@" modules >"$b.log" 2>&1 ||
+        nice make -C "$KDIR" ARCH=arm64 CROSS_COMPILE=$CROSS M="$b/$sub" -j"$JOBS" "$@" modules >"$b.log" 2>&1 ||
             { tail -60 "$b.log"; die "$name does not build against the guest kernel (log: $b.log)"; }
         touch "$b/.built"
         log "$name: built in $((SECONDS - t0)) s"
     fi
-    cp "$b/$ko" "$INITRD_DIR/modules/"
+    cp "$b/$sub/$ko" "$INITRD_DIR/modules/"
 }
 
 # --------------------------------------------------------------- (d) initramfs
@@ -159,7 +159,7 @@ EXPECT="dmaheap cma hugepage"
 if [ -n "$UDMABUF_SRC" ]; then
     # kbuild directly, with the options u-dma-buf's own Makefile sets for an
     # out-of-tree build (quirk mmap, in-kernel functions, ioctls, dma-buf export)
-    build_module udmabuf "$UDMABUF_SRC" u-dma-buf.ko CONFIG_U_DMA_BUF=m U_DMA_BUF_CONFIG=1 \
+    build_module udmabuf "$UDMABUF_SRC" . u-dma-buf.ko CONFIG_U_DMA_BUF=m U_DMA_BUF_CONFIG=1 \
         U_DMA_BUF_QUIRK_MMAP=1 U_DMA_BUF_IN_KERNEL_FUNCTIONS=1 U_DMA_BUF_IOCTL=2 U_DMA_BUF_EXPORT=1
     EXPECT="$EXPECT udmabuf"
 fi
@@ -167,8 +167,16 @@ if [ -n "$ZOCL_SRC" ]; then
     # zocl is written for linux-xlnx: what mainline 6.1 lacks comes from our
     # own compat header, forced in from the kbuild command line (zocl's files
     # are not modified).
-    build_module zocl "$ZOCL_SRC" zocl.ko \
-        "KCFLAGS=-include $ROOT/.ci/kernel/zocl_compat.h" XRT_DRIVER_VERSION=kernel-lane
+    # zocl's Makefile takes XRT's common/drv and headers from ../../.. (core/):
+    # copy the parts of the XRT tree it needs, not only its own directory.
+    core=$(cd "$ZOCL_SRC/../../.." && pwd)
+    [ -d "$core/common/drv" ] || die "KERNEL_LANE_ZOCL_SRC must be XRT's src/runtime_src/core/edge/drm/zocl inside an XRT checkout (no $core/common/drv)"
+    ZCOPY=$KCACHE/zocl-src
+    rm -rf "$ZCOPY" && mkdir -p "$ZCOPY/edge/drm" "$ZCOPY/common"
+    cp -a "$core/edge/drm/zocl" "$ZCOPY/edge/drm/" && cp -a "$core/edge/include" "$ZCOPY/edge/"
+    cp -a "$core/include" "$ZCOPY/" && cp -a "$core/common/drv" "$ZCOPY/common/"
+    build_module zocl "$ZCOPY" edge/drm/zocl zocl.ko \
+        "KCFLAGS=-include $ROOT/.ci/kernel/zocl_compat.h"
     EXPECT="$EXPECT zocl"
 fi
 (cd "$INITRD_DIR" && find . | cpio -o -H newc --quiet | gzip -1 >"$OUT/initramfs.cpio.gz")

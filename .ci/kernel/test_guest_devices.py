@@ -11,7 +11,8 @@ against our own emulation:
   * device -> CPU: data written through /dev/mem is seen after invalidate();
   * write-combine (cacheable=False) buffers, alignment, several sizes;
   * flock contention between two processes (u-dma-buf);
-  * everything freed: CmaFree / HugePages_Free back to where they were, no file
+  * everything freed: pages allocated from CMA, dma-bufs and huge pages in use
+    back to where they were (the kernel's exact counts), no file
     descriptor or mapping of the device left, sysfs attributes put back.
 qemu models no caches, so these tests cannot catch a missing cache
 maintenance operation (the sim checker and the ordering tests do that); they
@@ -177,18 +178,24 @@ def be(spec):
     b.close()
 
 
-def free_counter(spec):
-    """What the kernel counts as in use or free for this backend's memory (exact
-    counts: CmaFree moves with the kernel's own movable allocations)."""
+def cma_used():
+    """Pages allocated from the CMA areas (CONFIG_CMA_DEBUGFS): exact, unlike
+    CmaFree, which also moves with the movable pages the kernel lends out of CMA."""
+    total = 0
+    for p in glob.glob("/sys/kernel/debug/cma/*/used"):
+        with open(p) as f:
+            total += int(f.read())
+    return total
+
+
+def in_use(spec):
+    """What the kernel counts as in use for this backend's memory."""
     if spec == "hugepage":
-        return meminfo("HugePages_Free")
+        return meminfo("HugePages_Total") - meminfo("HugePages_Free")
     if spec == "dmaheap":
-        return dmabuf_total()
-    if spec.startswith("udmabuf"):  # the region is allocated once, at probe
-        name = spec.split(":")[1]
-        with open(f"/sys/class/u-dma-buf/{name}/size") as f:
-            return int(f.read())
-    return meminfo("CmaFree")
+        return dmabuf_total(), cma_used()
+    # zocl's buffer objects and u-dma-buf's regions (allocated once, at probe) come from CMA
+    return cma_used()
 
 
 # which backends can map write-combine memory (cacheable=False)
@@ -268,7 +275,8 @@ def test_cpu_writes_reach_memory_and_device_writes_reach_the_cpu(be, spec, cache
 
 def test_everything_is_freed(spec):
     what, _, words = BACKENDS[spec]
-    before = free_counter(spec)
+    assert glob.glob("/sys/kernel/debug/cma/*/used"), "no CMA accounting in debugfs"
+    before = in_use(spec)
     fds0, maps0 = own_fds_and_maps(words)
     for _ in range(2):
         be = pynq_alloc.open_backend(spec)
@@ -278,12 +286,12 @@ def test_everything_is_freed(spec):
             b[:] = 7
             b.flush()
         if not spec.startswith("udmabuf"):
-            assert free_counter(spec) != before, "buffers live but the kernel counts nothing in use"
+            assert in_use(spec) != before, "buffers live but the kernel counts nothing in use"
         mid = own_fds_and_maps(words)
         assert mid[0] or mid[1], f"no fd or mapping named by {words}: the check would mean nothing"
         del bufs, b
         be.close()
-        assert free_counter(spec) == before
+        assert in_use(spec) == before
         assert own_fds_and_maps(words) == (fds0, maps0)
 
 
