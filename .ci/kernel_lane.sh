@@ -38,9 +38,13 @@ UDMABUF_SRC=${KERNEL_LANE_UDMABUF_SRC:-}
 ZOCL_SRC=${KERNEL_LANE_ZOCL_SRC:-}
 CROSS=aarch64-linux-gnu-
 # The guest's pytest run: the real devices first, then the ARM lane's subset
-# that needs real physical memory (qemu-user skips it) or a real kernel.
-GUEST_PYTEST_DEFAULT=".ci/kernel/test_guest_devices.py tests/test_hugepage.py tests/test_api.py
- tests/test_sync.py tests/test_lifetime.py tests/test_errors.py tests/test_default_backend.py"
+# (with the hugepage backend and the DMA-BUF heap emulation, which qemu-user
+# must skip; the emulations' shims compiled in the guest by Debian's gcc).
+GUEST_PYTEST_DEFAULT=".ci/kernel/test_guest_devices.py tests/test_api.py tests/test_sync.py
+ tests/test_views.py tests/test_lifetime.py tests/test_errors.py tests/test_checker.py
+ tests/test_threads.py tests/test_default_backend.py tests/test_backend_udmabuf.py
+ tests/test_backend_xlnk.py tests/test_backend_zocl.py tests/test_backend_dmaheap.py
+ tests/test_hugepage.py tests/test_32bit.py"
 mkdir -p "$OUT"
 t_start=$SECONDS
 log() { echo "[kernel $(date +%T) +$((SECONDS - t_start))s] $*"; }
@@ -79,6 +83,24 @@ if [ "$(python3 -c 'import sys; print(sys.version_info[:2] == (3, 11))')" = True
     touch "$SYSROOT/.kernel-lane-pyc"
 fi
 
+# A C compiler for the guest (the tests build their emulation shims): Debian's
+# arm64 gcc, unpacked into a layer of its own that the guest lays over the sysroot.
+GCC_LAYER=$KCACHE/gcc-layer
+if [ ! -f "$GCC_LAYER/.complete" ]; then
+    log "fetching gcc (arm64) from Debian for the guest"
+    c=$ARM_CACHE/arm64
+    rm -rf "$GCC_LAYER" "$KCACHE/gcc-debs" && mkdir -p "$GCC_LAYER" "$KCACHE/gcc-debs/partial"
+    apt-get -q -o "APT::Architecture=arm64" -o "APT::Architectures::=arm64" \
+        -o "Dir::State=$c/apt/state" -o "Dir::State::status=$c/apt/state/status" \
+        -o "Dir::Cache::archives=$KCACHE/gcc-debs" -o Debug::NoLocking=1 -o APT::Install-Recommends=0 \
+        install -y --download-only gcc libc6-dev >"$KCACHE/gcc-debs.log" 2>&1 ||
+        { cat "$KCACHE/gcc-debs.log"; die "cannot download gcc for arm64"; }
+    for deb in "$KCACHE"/gcc-debs/*.deb; do dpkg -x "$deb" "$GCC_LAYER"; done
+    ln -sf gcc "$GCC_LAYER/usr/bin/cc"
+    rm -rf "$KCACHE/gcc-debs"
+    touch "$GCC_LAYER/.complete"
+fi
+
 # ------------------------------------------------------------------ (c) kernel
 fragment=.ci/kernel/guest.config
 kkey=$(printf '%s\n' "$KVER" "$GCCVER" "$(sha256sum "$fragment")" | sha256sum | cut -c1-12)
@@ -90,9 +112,11 @@ if [ ! -f "$KDIR/.built" ]; then
     nice tar -xf "$KSRC_TAR" -C "$KDIR.tmp"
     mv "$KDIR.tmp"/linux-source-6.1 "$KDIR" && rmdir "$KDIR.tmp"
     K=(-C "$KDIR" ARCH=arm64 CROSS_COMPILE=$CROSS)
-    make -s "${K[@]}" allnoconfig
-    (cd "$KDIR" && scripts/kconfig/merge_config.sh -m .config "$ROOT/$fragment" >/dev/null)
-    make -s "${K[@]}" olddefconfig
+    # (merge_config's "override changes choice state" notes go to the log)
+    { make -s "${K[@]}" allnoconfig &&
+        (cd "$KDIR" && scripts/kconfig/merge_config.sh -m .config "$ROOT/$fragment") &&
+        make -s "${K[@]}" olddefconfig; } >"$KDIR.config.log" 2>&1 ||
+        { cat "$KDIR.config.log"; die "kernel configuration failed"; }
     # every line of the fragment must have survived the dependency resolution
     bad=""
     while IFS= read -r line; do
@@ -108,7 +132,7 @@ if [ ! -f "$KDIR/.built" ]; then
     log "guest kernel built in $((SECONDS - t0)) s"
     # older builds of other versions are not needed any more
     for d in "$KCACHE"/linux-*; do
-        [ -d "$d" ] && [ "$d" != "$KDIR" ] && rm -rf "$d" "$d.build.log" "$d"-modules
+        [ -d "$d" ] && [ "$d" != "$KDIR" ] && rm -rf "$d" "$d.build.log" "$d.config.log" "$d"-modules
     done
 fi
 IMAGE=$KDIR/arch/arm64/boot/Image
@@ -213,7 +237,7 @@ set +e
 # shellcheck disable=SC2046 # share prints separate arguments
 timeout --foreground -k 10 "$TIMEOUT" "${QEMU[@]}" -kernel "$IMAGE" -initrd "$OUT/initramfs.cpio.gz" \
     -dtb "$OUT/guest.dtb" -append "console=ttyAMA0 quiet cma=${CMA_MB}M hugepages=$HUGEPAGES panic=-1" \
-    $(share "$SYSROOT" sysroot on) $(share "$ROOT" project on) $(share "$OUT/results" results off) \
+    $(share "$SYSROOT" sysroot on) $(share "$GCC_LAYER" gcc on) $(share "$ROOT" project on) $(share "$OUT/results" results off) \
     </dev/null 2>&1 | tee "$OUT/console.log" | sed -u 's/^/  guest| /'
 qrc=${PIPESTATUS[0]}
 set -e
