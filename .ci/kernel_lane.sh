@@ -199,8 +199,10 @@ if [ -n "$ZOCL_SRC" ]; then
     rm -rf "$ZCOPY" && mkdir -p "$ZCOPY/edge/drm" "$ZCOPY/common"
     cp -a "$core/edge/drm/zocl" "$ZCOPY/edge/drm/" && cp -a "$core/edge/include" "$ZCOPY/edge/"
     cp -a "$core/include" "$ZCOPY/" && cp -a "$core/common/drv" "$ZCOPY/common/"
-    build_module zocl "$ZCOPY" edge/drm/zocl zocl.ko \
-        "KCFLAGS=-include $ROOT/.ci/kernel/zocl_compat.h"
+    zver=$(sed -n 's/^XRT_DRIVER_VERSION ?= *\([0-9]*\)\.\([0-9]*\)\.\([0-9]*\).*/\1 \2 \3/p' "$ZCOPY/edge/drm/zocl/Makefile")
+    read -r zmaj zmin zpatch <<<"${zver:-0 0 0}"
+    build_module zocl "$ZCOPY" edge/drm/zocl zocl.ko "KCFLAGS=-include $ROOT/.ci/kernel/zocl_compat.h \
+-DPA_ZOCL_VERSION_MAJOR=$zmaj -DPA_ZOCL_VERSION_MINOR=$zmin -DPA_ZOCL_VERSION_PATCH=$zpatch"
     EXPECT="$EXPECT zocl"
 fi
 (cd "$INITRD_DIR" && find . | cpio -o -H newc --quiet | gzip -1 >"$OUT/initramfs.cpio.gz")
@@ -222,6 +224,7 @@ cat >"$OUT/results/config.sh" <<EOF
 GUEST_PKG=/project/${OUT#"$ROOT"/}/arm/aarch64/pkg
 GUEST_PYTEST_ARGS="$pytest_args"
 KERNEL_LANE_EXPECT="$EXPECT"
+KERNEL_LANE_ZOCL_VERSION="${zmaj:-}.${zmin:-}.${zpatch:-}"
 EOF
 case $OUT in "$ROOT"/*) ;; *) die "KERNEL_LANE_OUT must be inside the project ($ROOT)" ;; esac
 [ -n "$UDMABUF_SRC" ] || echo "kernel lane: u-dma-buf NOT tested in this run (set KERNEL_LANE_UDMABUF_SRC to a checkout of github.com/ikwzm/udmabuf)"

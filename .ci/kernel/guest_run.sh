@@ -6,7 +6,7 @@ set -u
 . /results/config.sh
 cd /project
 export PYTHONPATH=$GUEST_PKG PYTHONPYCACHEPREFIX=/tmp/pycache PYTHONSAFEPATH=1
-export PYNQ_ALLOC_REQUIRE_HUGEPAGE=1 KERNEL_LANE_EXPECT
+export PYNQ_ALLOC_REQUIRE_HUGEPAGE=1 KERNEL_LANE_EXPECT KERNEL_LANE_ZOCL_VERSION
 echo "guest: $(uname -r) $(uname -m), $(nproc) CPUs"
 grep -E 'MemTotal|CmaTotal|CmaFree|HugePages_Total|Hugepagesize' /proc/meminfo
 ls /dev/dma_heap /dev/udmabuf* /dev/dri 2>/dev/null

@@ -394,3 +394,11 @@ def test_info_reports_every_real_backend_usable():
         if what in EXPECT:
             assert rows[what]["usable"], rows[what]
             assert rows[what]["total"] > 0 and rows[what]["coherent"] in (True, False), rows[what]
+
+
+def test_zocl_reports_the_driver_version():
+    """DRM_IOCTL_VERSION read right: zocl's version is the one its Makefile states."""
+    need("zocl", os.path.exists("/dev/dri/renderD128"), "no /dev/dri/renderD128")
+    version = os.environ.get("KERNEL_LANE_ZOCL_VERSION", "")
+    probe = {name: reason for name, usable, board, reason in pynq_alloc._pynq_alloc._probe()}
+    assert f"zocl {version} on /dev/dri/renderD128" in probe["zocl"], probe["zocl"]

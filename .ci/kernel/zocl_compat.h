@@ -19,8 +19,13 @@
 /* zocl_aie.h then declares its own stubs for the AI Engine driver (no AIE here) */
 #define __NONE_PETALINUX__ 1
 
-/* what zocl's Makefile passes from `git` when it drives the build itself */
-#define XRT_DRIVER_VERSION "kernel-lane"
+/* what zocl's Makefile passes from `git` when it drives the build itself; the
+ * lane passes the version its Makefile states as three numbers (zocl parses
+ * XRT_DRIVER_VERSION into the DRM driver version that DRM_IOCTL_VERSION reports) */
+#include <linux/stringify.h>
+#define XRT_DRIVER_VERSION                                                                   \
+    __stringify(PA_ZOCL_VERSION_MAJOR) "." __stringify(PA_ZOCL_VERSION_MINOR) "." __stringify( \
+        PA_ZOCL_VERSION_PATCH)
 #define XRT_HASH "unknown (built by the pynq_alloc kernel lane)"
 #define XRT_HASH_DATE ""
 #define XRT_BRANCH ""
