@@ -339,6 +339,54 @@ def test_udmabuf_read_sees_flushed_data_and_sysfs_is_put_back(udmabuf_name):
     assert udmabuf_attrs(udmabuf_name) == before
 
 
+UDMABUF_IOC_GET_SIZE = (2 << 30) | (8 << 16) | (ord("U") << 8) | 2  # _IOR('U', 2, uint64_t)
+
+
+def udmabuf_has_ioctls(name):
+    import fcntl
+    fd = os.open(f"/dev/{name}", os.O_RDONLY)
+    try:
+        out = bytearray(8)
+        fcntl.ioctl(fd, UDMABUF_IOC_GET_SIZE, out)
+        with open(f"/sys/class/u-dma-buf/{name}/size") as f:
+            assert int.from_bytes(out, "little") == int(f.read())
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_udmabuf_syncs_reach_the_driver():
+    """The driver ran each sync: sync_owner reads 1 after flush() (for device), 0 after
+    invalidate() (for CPU), and the one-shot value was consumed (reads back 0).
+    Run twice by the lane: with the driver's ioctls, and with a build without them
+    (KERNEL_LANE_UDMABUF_SYNC=sysfs), where the backend writes one-shot values."""
+    need("udmabuf", "udmabuf0" in udmabuf_devices(), "no /sys/class/u-dma-buf/udmabuf0")
+    sysfs = os.environ.get("KERNEL_LANE_UDMABUF_SYNC") == "sysfs"
+    assert udmabuf_has_ioctls("udmabuf0") is not sysfs
+    d = "/sys/class/u-dma-buf/udmabuf0"
+
+    def attr(a):
+        with open(f"{d}/{a}") as f:
+            return f.read().strip()
+
+    with pynq_alloc.open_backend("udmabuf:udmabuf0") as be:
+        assert be.coherent is False
+        for n in (64, 4096 + 64, (1 << 20) + 4096):
+            b = be.allocate(n, "u1")
+            b[:] = 3
+            b.flush()
+            assert attr("sync_owner") == "1" and attr("sync_for_device") == "0"
+            b[10:20].invalidate()
+            assert attr("sync_owner") == "0" and attr("sync_for_cpu") == "0"
+            b[n - 64:].flush()
+            assert attr("sync_owner") == "1"
+            b.invalidate()
+            assert attr("sync_owner") == "0"
+            b.freebuffer()
+
+
 LOCK_HOLDER = """
 import sys, time, pynq_alloc
 be = pynq_alloc.open_backend("udmabuf:udmabuf0")
