@@ -450,3 +450,104 @@ def test_zocl_reports_the_driver_version():
     version = os.environ.get("KERNEL_LANE_ZOCL_VERSION", "")
     probe = {name: reason for name, usable, board, reason in pynq_alloc._pynq_alloc._probe()}
     assert f"zocl {version} on /dev/dri/renderD128" in probe["zocl"], probe["zocl"]
+
+
+# ------------------------------------------------- zocl's ioctls, used directly
+# What tests/emul/zocl_shim.c assumes about the driver, checked against zocl
+# itself: buffer-object sizes, INFO_BO's flags, which mmap offsets and lengths
+# work, and SYNC_BO's range and direction checks.
+def _iowr(nr, size, write_only=False):
+    return ((1 if write_only else 3) << 30) | (size << 16) | (ord("d") << 8) | nr
+
+
+ZOCL_CREATE_BO, ZOCL_MAP_BO, ZOCL_SYNC_BO, ZOCL_INFO_BO = (
+    _iowr(0x40, 16), _iowr(0x43, 16), _iowr(0x44, 24), _iowr(0x45, 24))
+DRM_GEM_CLOSE = _iowr(0x09, 8, write_only=True)
+ZOCL_CACHEABLE = 1 << 24
+
+
+class ZoclNode:
+    def __init__(self):
+        self.fd = os.open("/dev/dri/renderD128", os.O_RDWR)
+
+    def ioctl(self, req, fmt, *fields):
+        import fcntl
+        import struct
+        buf = bytearray(struct.pack(fmt, *fields))
+        fcntl.ioctl(self.fd, req, buf)
+        return struct.unpack(fmt, buf)
+
+    def create(self, size, flags=0):
+        return self.ioctl(ZOCL_CREATE_BO, "=QII", size, 0, flags)[1]
+
+    def info(self, handle):
+        _, flags, size, paddr = self.ioctl(ZOCL_INFO_BO, "=IIQQ", handle, 0, 0, 0)
+        return flags, size, paddr
+
+    def map_offset(self, handle):
+        return self.ioctl(ZOCL_MAP_BO, "=IIQ", handle, 0, 0)[2]
+
+    def sync(self, handle, direction, offset, size):
+        self.ioctl(ZOCL_SYNC_BO, "=IIQQ", handle, direction, offset, size)
+
+    def close_bo(self, handle):
+        self.ioctl(DRM_GEM_CLOSE, "=II", handle, 0)
+
+    def close(self):
+        os.close(self.fd)
+
+
+@pytest.fixture
+def zocl_node():
+    need("zocl", os.path.exists("/dev/dri/renderD128"), "no /dev/dri/renderD128")
+    node = ZoclNode()
+    yield node
+    node.close()
+
+
+def shim_bo_size(size):
+    """tests/emul/zocl_shim.c's rule for a buffer object's size"""
+    return 2 * PAGE if size <= PAGE else -(-size // PAGE) * PAGE
+
+
+@pytest.mark.parametrize("flags", [0, ZOCL_CACHEABLE])
+@pytest.mark.parametrize("size", [64, PAGE, 5000, 1 << 20])
+def test_zocl_buffer_objects_as_the_emulation_assumes(zocl_node, size, flags):
+    import errno
+    used0 = cma_used()
+    h = zocl_node.create(size, flags)
+    try:
+        got_flags, bo_size, paddr = zocl_node.info(h)
+        assert got_flags == flags  # INFO_BO returns the flags CREATE_BO was given
+        assert bo_size == shim_bo_size(size), (size, bo_size)
+        assert paddr % PAGE == 0
+        assert cma_used() - used0 >= bo_size // PAGE
+        off = zocl_node.map_offset(h)
+        # the whole BO, or its first part, maps at the offset MAP_BO gave ...
+        for length in (bo_size, PAGE):
+            m = mmap.mmap(zocl_node.fd, length, offset=off)
+            m[:8] = b"zocl-bo!"
+            dev = DevMem(paddr, 8)
+            try:
+                assert dev.read() == b"zocl-bo!"
+            finally:
+                dev.close()
+            m.close()
+        # ... but not from an offset inside it, nor longer than it
+        for length, where in ((PAGE, off + PAGE), (bo_size + PAGE, off)):
+            if where != off and bo_size <= PAGE:
+                continue
+            with pytest.raises(OSError) as exc:
+                mmap.mmap(zocl_node.fd, length, offset=where)
+            assert exc.value.errno in (errno.EINVAL, errno.EACCES), exc.value
+        # SYNC_BO: in-range syncs work both ways; a range past the end is refused
+        zocl_node.sync(h, 0, 0, bo_size)
+        zocl_node.sync(h, 1, PAGE // 2, PAGE // 2)
+        with pytest.raises(OSError) as exc:
+            zocl_node.sync(h, 0, bo_size - 64, 128)
+        assert exc.value.errno == errno.EINVAL
+    finally:
+        zocl_node.close_bo(h)
+    assert cma_used() == used0
+    with pytest.raises(OSError):
+        zocl_node.info(h)  # the handle is gone
