@@ -14,12 +14,15 @@
 #     linux-source-6.1 (allnoconfig + .ci/kernel/guest.config: Debian's kernels
 #     have no DMA-BUF heaps), and against that tree the out-of-tree modules
 #     u-dma-buf and zocl when their sources are named (never part of this
-#     repository); (d) a busybox initramfs with .ci/kernel/init; (e) qemu's virt
+#     repository; u-dma-buf twice: with and without its ioctls); (d) Debian's
+#     arm64 gcc as a layer over the sysroot (the tests build their emulation
+#     shims) and a busybox initramfs with .ci/kernel/init; (e) qemu's virt
 #     device tree plus our nodes (.ci/kernel/dt_nodes.sh: two u-dma-buf regions,
 #     one dma-coherent, and a zocl node); (f) the guest boots with cma= and
 #     hugepages=, chroots into the sysroot (9p) and runs
-#     .ci/kernel/guest_run.sh: `python -m pynq_alloc info`, then pytest on the
-#     real devices (.ci/kernel/test_guest_devices.py) and the suite's subset.
+#     .ci/kernel/guest_run.sh: `python -m pynq_alloc info`, pytest on the real
+#     devices (.ci/kernel/test_guest_devices.py) and the ARM lane's subset, then
+#     the u-dma-buf tests again with the ioctl-less build swapped in.
 # The guest's pytest summary is printed here; the lane fails when the guest
 # run fails, times out or never starts. Everything built is cached under
 # $KERNEL_LANE_CACHE, keyed by versions and by the hash of our inputs.
