@@ -325,6 +325,8 @@ def test_udmabuf_read_sees_flushed_data_and_sysfs_is_put_back(udmabuf_name):
     bufs = [be.allocate(n, "u1", cacheable=c) for n, c in ((4096, True), (70000, False), (12345, True))]
     with open(f"/sys/class/u-dma-buf/{udmabuf_name}/phys_addr") as f:
         region = int(f.read(), 16)
+    if udmabuf_name == "udmabuf1":  # its memory-region: the reserved-memory pool of dt_nodes.sh
+        assert 0x7000_0000 <= region and region + (16 << 20) <= 0x7100_0000, hex(region)
     fd = os.open(f"/dev/{udmabuf_name}", os.O_RDONLY)
     try:
         for i, b in enumerate(bufs):
