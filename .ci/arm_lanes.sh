@@ -6,6 +6,7 @@
 #   ARM_LANES=aarch64 bash .ci/arm_lanes.sh
 #   ARM_PYTEST_FULL=1 bash .ci/arm_lanes.sh   # the whole Python suite
 #   ARM_PYTEST_ARGS="tests/test_sync.py -x" bash .ci/arm_lanes.sh
+#   ARM_PREPARE_ONLY=1 bash .ci/arm_lanes.sh  # sysroot + extension only (the kernel lane's guest uses them)
 #
 # Per lane: (a) a target sysroot assembled from Debian 12's packages (apt with
 # its own state directory, so the host's dpkg is not touched: no
@@ -131,6 +132,7 @@ run_lane() {
     rm -rf "$out" && mkdir -p "$out/obj" "$out/pkg/pynq_alloc" "$out/c"
 
     # (b) the C core's tests
+    if [ "${ARM_PREPARE_ONLY:-0}" != 1 ]; then
     log "$lane: C core tests ($cc -Wall -Wextra -Werror, qemu -cpu $cpu)"
     if ! CC=$cc RUNNER="$q -L $sysroot -cpu $cpu" PYNQ_ALLOC_C_BIN=$out/c PYNQ_ALLOC_REQUIRE_HUGEPAGE=0 \
         bash tests/c/run.sh; then
@@ -150,6 +152,7 @@ run_lane() {
         else
             echo "ok   cache maintenance executed: mrs ctr_el0, dc cvac, dc civac, dsb sy (qemu -d in_asm)"
         fi
+    fi
     fi
 
     # (c) the extension, cross-compiled against the target's headers
@@ -175,6 +178,11 @@ run_lane() {
     printf 'Metadata-Version: 2.1\nName: pynq_alloc\nVersion: 0\n' >"$out/pkg/pynq_alloc-0.dist-info/METADATA"
     printf '[pytest11]\npynq_alloc.pytest_plugin = pynq_alloc.pytest_plugin\n' \
         >"$out/pkg/pynq_alloc-0.dist-info/entry_points.txt"
+    if [ "${ARM_PREPARE_ONLY:-0}" = 1 ]; then
+        RESULT[$lane]=$status TIME[$lane]=$((SECONDS - t0))
+        [ "$status" = ok ]
+        return
+    fi
 
     # (d) the Python suite under qemu: python3-qemu is a static host program
     # that runs the sysroot's python3.11 under qemu, so sys.executable and the

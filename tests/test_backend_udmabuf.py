@@ -62,7 +62,8 @@ class FakeUdmabuf:
         if sync_mode is not None:
             self.put("sync_mode", str(sync_mode))
         if sync_attrs:
-            for attr, value in [("sync_offset", "0x0"), ("sync_size", "0"),
+            # the real driver starts with the whole region as the stored range
+            for attr, value in [("sync_offset", "0x0"), ("sync_size", str(size)),
                                 ("sync_direction", "0"), ("sync_for_cpu", "0"),
                                 ("sync_for_device", "0")]:
                 self.put(attr, value)
@@ -80,13 +81,19 @@ class FakeUdmabuf:
         return int(self.attr(attr), 0)  # base 0, like the driver's kstrtoull
 
     def word(self, attr):
-        """The one-shot value in sync_for_device/sync_for_cpu: (offset, size, direction)."""
+        """The one-shot value in sync_for_device/sync_for_cpu: (offset, size, direction),
+        checked as u-dma-buf.c checks it (the driver refuses the write otherwise)."""
         w = self.num(attr)
         assert w & 1, f"{attr} holds {w:#x}, not a one-shot sync value"
-        return (w >> 32, w & 0xFFFF_FFF0, (w >> 2) & 3)
+        off, size, direction = w >> 32, w & 0xFFFF_FFF0, (w >> 2) & 3
+        assert off + size <= self.size, f"{attr}: range beyond the region (EINVAL from the driver)"
+        return off, size, direction
 
     def stored(self):
-        return (self.num("sync_offset"), self.num("sync_size"), self.num("sync_direction"))
+        off, size, direction = (self.num("sync_offset"), self.num("sync_size"),
+                                self.num("sync_direction"))
+        assert direction <= 2, "sync_direction above 2 (EINVAL from the driver)"
+        return off, size, direction
 
     def read(self, offset, n):
         with open(self.dev, "rb") as f:
@@ -223,7 +230,7 @@ def test_fresh_buffer_is_cleaned_with_a_one_shot_value(be, fake):
     assert fake.word("sync_for_device") == (off, 1024, 1)
     assert fake.attr("sync_for_cpu") == "0"
     # the one-shot value leaves the stored range alone
-    assert fake.stored() == (0, 0, 0)
+    assert fake.stored() == (0, fake.size, 0)
 
 
 @pytest.mark.parametrize("view", VIEWS)
@@ -236,7 +243,7 @@ def test_one_shot_ranges_of_views(be, fake, view):
     assert fake.word("sync_for_device") == (base + rel, size, 1)
     v.invalidate()
     assert fake.word("sync_for_cpu") == (base + rel, size, 2)
-    assert fake.stored() == (0, 0, 0)
+    assert fake.stored() == (0, fake.size, 0)
 
 
 def test_one_shot_value_is_what_the_driver_parses(be, fake):
@@ -306,7 +313,7 @@ def test_offsets_beyond_4_gib_use_the_stored_range(root):
         bufs[4][32:].invalidate()
         assert fake.stored() == (4 * GB, 64, 2) and fake.attr("sync_for_cpu") == "1"
         del bufs  # the backend closes when its last buffer is gone
-    assert fake.stored() == (0, 0, 0)  # put back at close
+    assert fake.stored() == (0, fake.size, 0)  # put back at close
 
 
 # ------------------------------------------------------------------ ioctl path
@@ -338,7 +345,7 @@ def test_ioctl_sync_ranges_of_views(fake, shim, tmp_path):
         want += [("device", base + rel, size, 1, "word"), ("cpu", base + rel, size, 2, "word")]
     assert log == want
     # the sysfs sync attributes are not used when the driver has ioctls
-    assert fake.attr("sync_for_device") == "0" and fake.stored() == (0, 0, 0)
+    assert fake.attr("sync_for_device") == "0" and fake.stored() == (0, fake.size, 0)
 
 
 @pytest.mark.skipif(sys.maxsize < 2**32, reason="a 4 GiB region cannot be mapped by a 32-bit process")
