@@ -12,7 +12,7 @@ mkdir -p "$work/wheel"
 python -m pip wheel -q --no-deps -w "$work/wheel" .
 wheel=$(ls "$work"/wheel/pynq_alloc-*.whl)
 # run from a copy of the tests only, so the checkout's pynq_alloc/ cannot shadow the wheel
-rm -rf "$work/run" && mkdir -p "$work/run" && cp -r tests bench pynq_alloc "$work/run/" && rm -f "$work"/run/pynq_alloc/*.so
+rm -rf "$work/run" && mkdir -p "$work/run" && cp -r tests bench docs pynq_alloc README.md "$work/run/" && rm -f "$work"/run/pynq_alloc/*.so
 status=0
 for v in $versions; do
     spec="numpy==$v"

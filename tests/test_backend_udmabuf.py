@@ -417,7 +417,7 @@ def test_sysfs_one_shot_writes_are_parsed_and_reset_by_the_driver(root, shim, tm
                    ("cpu", base, 4096, 2, "sysfs-word")]
     # what the driver shows afterwards: done, reset to 0; the stored range untouched
     assert fake.attr("sync_for_device") == "0" and fake.attr("sync_for_cpu") == "0"
-    assert fake.attr("sync_owner") == "0" and fake.stored() == (0, 0, 0)
+    assert fake.attr("sync_owner") == "0" and fake.stored() == (0, fake.size, 0)
 
 
 def test_sysfs_stored_range_of_an_old_driver(root, shim, tmp_path):
@@ -431,7 +431,7 @@ def test_sysfs_stored_range_of_an_old_driver(root, shim, tmp_path):
                    ("device", base + 512, 320, 1, "sysfs-stored"),
                    ("cpu", base, 4096, 2, "sysfs-stored")]
     assert fake.attr("sync_for_cpu") == "0" and fake.attr("sync_for_device") == "0"
-    assert fake.stored() == (0x1F000, 0, 0)  # put back at close, as shown by the driver
+    assert fake.stored() == (0x1F000, fake.size, 0)  # put back at close, as shown by the driver
     assert fake.attr("sync_offset") == "0x1f000"
 
 

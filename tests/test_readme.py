@@ -5,8 +5,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pynq_alloc
+
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
+# where the pynq_alloc under test lives (the checkout, or an installed wheel)
+PKG_PATH = str(Path(pynq_alloc.__file__).resolve().parent.parent)
 
 
 def section(title):
@@ -18,7 +22,7 @@ def section(title):
 def test_round_trip_example_runs_as_printed(tmp_path):
     code = re.search(r"```python\n(.*?)```", section("## A complete round trip"), re.S).group(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYNQ_ALLOC_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = PKG_PATH + os.pathsep + env.get("PYTHONPATH", "")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr
@@ -31,7 +35,7 @@ def test_off_board_demo_starts_with_the_warning_the_readme_shows(tmp_path):
     shown = re.search(r"UserWarning: (pynq_alloc: no DMA hardware found.*)",
                       section("## Set up")).group(1)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYNQ_ALLOC_")}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = PKG_PATH + os.pathsep + env.get("PYTHONPATH", "")
     env["PYNQ_ALLOC_SYSROOT"] = str(tmp_path)  # no /proc/device-tree: off-board
     r = subprocess.run([sys.executable, "-m", "pynq_alloc", "demo"], env=env,
                        capture_output=True, text=True)
