@@ -317,7 +317,9 @@ def udmabuf_name(request):
 
 def test_udmabuf_read_sees_flushed_data_and_sysfs_is_put_back(udmabuf_name):
     before = udmabuf_attrs(udmabuf_name)
-    be = pynq_alloc.open_backend(f"udmabuf:{udmabuf_name}")
+    # cacheable=True: be.coherent then says whether cached blocks are (the port's
+    # dma_coherent); PYNQ's default (write-combine) is coherent on both regions
+    be = pynq_alloc.open_backend(f"udmabuf:{udmabuf_name}", cacheable=True)
     with open(f"/sys/class/u-dma-buf/{udmabuf_name}/dma_coherent") as f:
         dma_coherent = int(f.read()) == 1
     assert dma_coherent == (udmabuf_name == "udmabuf1")  # as the device tree says
@@ -339,6 +341,24 @@ def test_udmabuf_read_sees_flushed_data_and_sysfs_is_put_back(udmabuf_name):
     del bufs, b
     be.close()
     assert udmabuf_attrs(udmabuf_name) == before
+
+
+def test_udmabuf_default_is_pynq_non_cacheable(udmabuf_name):
+    """PYNQ's default on the real driver: write-combine (the driver has sync_mode),
+    coherent, so data reaches the driver's read() with no flush()."""
+    with pynq_alloc.open_backend(f"udmabuf:{udmabuf_name}") as be:
+        assert be.coherent is True and be.info()["cacheable"] is False
+        with open(f"/sys/class/u-dma-buf/{udmabuf_name}/phys_addr") as f:
+            region = int(f.read(), 16)
+        b = be.allocate(8192, "u1")
+        assert b.coherent is True and b.cacheable is False
+        b[:] = np.arange(8192, dtype="u4").astype("u1") ^ 0xA5
+        fd = os.open(f"/dev/{udmabuf_name}", os.O_RDONLY)
+        try:
+            assert os.pread(fd, b.nbytes, b.physical_address - region) == b.tobytes()
+        finally:
+            os.close(fd)
+        b.freebuffer()
 
 
 UDMABUF_IOC_GET_SIZE = (2 << 30) | (8 << 16) | (ord("U") << 8) | 2  # _IOR('U', 2, uint64_t)
@@ -373,7 +393,7 @@ def test_udmabuf_syncs_reach_the_driver():
         with open(f"{d}/{a}") as f:
             return f.read().strip()
 
-    with pynq_alloc.open_backend("udmabuf:udmabuf0") as be:
+    with pynq_alloc.open_backend("udmabuf:udmabuf0", cacheable=True) as be:
         assert be.coherent is False
         for n in (64, 4096 + 64, (1 << 20) + 4096):
             b = be.allocate(n, "u1")
