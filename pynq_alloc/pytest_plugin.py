@@ -26,8 +26,9 @@ Every test that uses either fixture is checked for leaks: a buffer of the
 session's backend still alive when the test and its function-scoped fixtures
 are done makes the test error at teardown with a short report naming each
 leaked buffer's shape, dtype, device address and the file:line of the
-``dma_buffer(...)`` call (buffers allocated otherwise are counted). Leaks are
-attributed to the test that made them, whatever earlier tests did. Mark a test
+``dma_buffer(...)`` call (buffers allocated otherwise are named by shape, dtype
+and device address). Leaks are attributed to the test that made them, whatever
+earlier tests did: the backend's live blocks are compared as a set. Mark a test
 ``@pytest.mark.pynq_alloc_no_leak_check`` to leave it unchecked.
 
 Marker ``@pytest.mark.require_hardware``: skip the test when the session's
@@ -38,7 +39,6 @@ from __future__ import annotations
 import gc
 import os
 import sys
-import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Generator, Iterator, List, Optional, Tuple
 
@@ -57,8 +57,6 @@ class BufferLeakError(AssertionError):
 class _Record:
     """One dma_buffer() allocation: what, and where it was made."""
 
-    buffer: Callable[[], Any]  # weakrefs to the Buffer and to its private base
-    base: Callable[[], Any]
     shape: Tuple[int, ...]
     dtype: str
     nbytes: int
@@ -66,17 +64,6 @@ class _Record:
     filename: str
     lineno: int
     function: str
-
-    def alive(self) -> bool:
-        """Is the memory still allocated?"""
-        buf = self.buffer()
-        if buf is not None:
-            return buf.device_address is not None  # None once freebuffer() ran
-        # Only plain ndarray views (np.asarray(buf), buf.base) can keep the
-        # memory now; they all point to the private base, which freebuffer()
-        # would have emptied and made read-only.
-        base = self.base()
-        return base is not None and not (base.size == 0 and not base.flags.writeable)
 
     def describe(self, rootdir: str) -> str:
         path = self.filename
@@ -118,10 +105,6 @@ class _Session:
             raise pytest.UsageError("--pynq-alloc-option needs --pynq-alloc-backend=SPEC")
         self.backend: Optional[pynq_alloc.Backend] = None
         self.owned = False  # we opened it (and made it the default): undo at the end
-        # dma_buffer() records still alive after their test (leaked, or held by a
-        # failed test's traceback): when one dies during a later test, that test's
-        # own count is corrected for it
-        self.survivors: List[_Record] = []
 
     def get(self) -> pynq_alloc.Backend:
         if self.backend is None:
@@ -254,13 +237,8 @@ def dma_buffer(
     def dma_buffer(shape: Any, dtype: Any = "u4", **kwargs: Any) -> pynq_alloc.Buffer:
         buf = pynq_alloc_backend.allocate(shape, dtype, **kwargs)
         frame = sys._getframe(1)
-        # Views and memoryviews keep the Buffer alive; plain ndarray views keep
-        # its private base ndarray alive.
-        base = buf.base if buf.base is not None else buf
         records.append(
             _Record(
-                buffer=weakref.ref(buf),
-                base=weakref.ref(base),
                 shape=buf.shape,
                 dtype=str(buf.dtype),
                 nbytes=buf.nbytes,
@@ -281,11 +259,10 @@ def _pynq_alloc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
 
     Autouse fixtures are set up first and torn down last, so this sees the
     buffers after the test and all its function-scoped fixtures are gone.
-    Leaks are attributed to the test that made them whatever earlier tests did:
-    buffers from ``dma_buffer()`` are compared as a set (each one is known);
-    buffers allocated otherwise are counted, with earlier tests' garbage
-    collected first and earlier ``dma_buffer()`` buffers that die meanwhile
-    taken out of the count.
+    The backend's live blocks are compared as a set (``Backend._live()``, each
+    block by its serial number) before and after the test, so a leak is
+    attributed to the test that made it whatever earlier tests did, and an
+    earlier test's buffer that dies meanwhile cannot hide it.
     """
     if (
         "pynq_alloc_backend" not in request.fixturenames
@@ -294,33 +271,17 @@ def _pynq_alloc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
         return
     backend: pynq_alloc.Backend = request.getfixturevalue("pynq_alloc_backend")
-    state = request.config.stash[_session_key]
-    # An earlier failed test's buffers live on in its traceback, which pytest
-    # keeps in sys.last_* until this test's call starts and then drops: they
-    # would die in the middle of this test and hide a leak of its own. Drop
-    # them now (as pytest is about to), and collect the frames' cycles.
-    for name in ("last_type", "last_value", "last_traceback", "last_exc"):
-        if hasattr(sys, name):
-            delattr(sys, name)
-    gc.collect()
-    earlier = [r for r in state.survivors if r.alive()]
-    before = backend.info()["buffers"]
+    before = {row[0] for row in backend._live()}
     yield
-    records = request.node.stash.get(_records_key, [])
     reports = request.node.stash.get(_reports_key, {})
     if any(r.failed for r in reports.values()):
-        # the failure's traceback keeps its frames, and their buffers, alive
-        state.survivors = earlier + [r for r in records if r.alive()]
-        return
+        return  # the failure's traceback keeps its frames, and their buffers, alive
 
-    def measure() -> Tuple[List[_Record], int]:
-        leaked = [r for r in records if r.alive()]
-        died = sum(1 for r in earlier if not r.alive())
-        other = backend.info()["buffers"] - (before - died) - len(leaked)
-        return leaked, other
+    def new_blocks() -> List[Tuple[int, int, int, Any, Any]]:
+        return [row for row in backend._live() if row[0] not in before]
 
-    leaked, other = measure()
-    if leaked or other > 0:
+    rows = new_blocks()
+    if rows:
         # Only the test item's own references are left to drop: every other
         # function-scoped fixture is finalized by now (this one is torn down
         # last), but pytest clears item.funcargs only after teardown. Then
@@ -329,22 +290,29 @@ def _pynq_alloc_leak_check(request: pytest.FixtureRequest) -> Iterator[None]:
         if isinstance(funcargs, dict):
             funcargs.clear()
         gc.collect()
-        leaked, other = measure()
-    state.survivors = [r for r in earlier if r.alive()] + leaked
-    if not leaked and other <= 0:
+        rows = new_blocks()
+    if not rows:
         return
     rootdir = str(request.config.rootpath)
-    after = backend.info()["buffers"]
+    made_here = {r.device_address: r for r in request.node.stash.get(_records_key, [])}
     lines = [
-        f"pynq_alloc leak check: {request.node.nodeid} left buffers alive on backend "
-        f"{backend.spec!r} (live buffers {before} before the test, {after} after):"
+        f"pynq_alloc leak check: {request.node.nodeid} left {len(rows)} buffer(s) alive on "
+        f"backend {backend.spec!r}:"
     ]
-    lines += [f"  {r.describe(rootdir)}" for r in leaked]
-    if other > 0:
-        lines.append(
-            f"  {other} buffer(s) allocated from the backend without dma_buffer() "
-            "(allocate(..., target=pynq_alloc_backend) or the default backend)"
-        )
+    for _serial, address, nbytes, shape, dtype in reversed(rows):  # oldest first
+        record = made_here.get(address)
+        if record is not None:
+            lines.append(f"  {record.describe(rootdir)}")
+        elif shape is not None:
+            lines.append(
+                f"  shape {shape} dtype {dtype} ({nbytes}-byte block at device address "
+                f"0x{address:x}), allocated without dma_buffer()"
+            )
+        else:
+            lines.append(
+                f"  a {nbytes}-byte block at device address 0x{address:x} (held by views "
+                "of a buffer allocated without dma_buffer())"
+            )
     lines.append(
         "Drop every reference (del buf, and its views), call buf.freebuffer(), or use "
         "`with dma_buffer(...) as buf:`; mark the test pynq_alloc_no_leak_check if intended."

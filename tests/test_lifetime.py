@@ -321,3 +321,33 @@ def test_default_target_buffers_are_released():
     assert be.info()["used"] > before
     del buf
     assert be.info()["used"] == before
+
+
+def test_backend_lists_its_live_blocks_by_identity(sim):
+    """Backend._live() (the pytest plugin's leak check): each block the backend
+    handed out and has not got back, with the root Buffer's shape and dtype while
+    it lives; a view keeps its block listed, freebuffer() and del take it off."""
+    other = open_backend("sim", size=1 << 20)
+    a = sim.allocate((4, 4), "u2")
+    b = sim.allocate(10, "f8")
+    c = other.allocate(3)
+    rows = {r[0]: r for r in sim._live()}
+    assert len(rows) == 2 and [r[0] for r in other._live()] != []
+    sa, sb = sorted(rows)
+    assert rows[sa][1:] == (a.device_address, 64, (4, 4), "uint16")
+    assert rows[sb][1:] == (b.device_address, 128, (10,), "float64")
+    v = b[2:]
+    del b
+    assert {r[0] for r in sim._live()} == {sa, sb}  # the view keeps b's block
+    a.freebuffer()
+    assert [r[0] for r in sim._live()] == [sb]
+    del v
+    assert sim._live() == []
+    d = sim.allocate(1)
+    assert [r[0] for r in sim._live()][0] > sb  # serials are never reused
+    plain = np.asarray(d)
+    del d
+    assert sim._live()[0][3:] == (None, None)  # only a plain view holds it now
+    del plain, c
+    assert sim._live() == [] and other._live() == []
+    other.close()

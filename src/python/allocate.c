@@ -267,6 +267,8 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     a->backend = NULL;
     a->views = a->exports = a->busy = 0;
     a->anchor = a->root = NULL;
+    a->live_prev = a->live_next = NULL;
+    a->serial = 0;
     memset(&a->block, 0, sizeof(a->block));
 
     int rc = pa_alloc_below(b->be, nbytes, alignment, flags, max_addr, &a->block, &err);
@@ -276,6 +278,7 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     }
     Py_INCREF(b);
     a->backend = b;
+    pa_py_allocation_list(a);
 
     Py_INCREF(descr);
     anchor = PyArray_NewFromDescr(&PyArray_Type, descr, dims.len, dims.ptr, NULL, a->block.cpu,

@@ -399,6 +399,12 @@ PyDoc_STRVAR(device_write_doc,
              "device_write($self, device_address, data)\n--\n\nsim only: the simulated device writes "
              "data (any bytes-like object) at device_address.");
 
+static PyObject *backend_live(PyObject *self, PyObject *unused)
+{
+    (void)unused;
+    return pa_py_live_allocations((BackendObject *)self);
+}
+
 static PyMethodDef backend_methods[] = {
     {"allocate", (PyCFunction)(void (*)(void))backend_allocate, METH_FASTCALL | METH_KEYWORDS,
      allocate_doc},
@@ -407,6 +413,10 @@ static PyMethodDef backend_methods[] = {
     {"device_read", (PyCFunction)(void (*)(void))backend_device_read,
      METH_VARARGS | METH_KEYWORDS, device_read_doc},
     {"device_write", backend_device_write, METH_VARARGS, device_write_doc},
+    {"_live", backend_live, METH_NOARGS,
+     "_live($self)\n--\n\nThe blocks this backend has handed out and not got back, oldest last: "
+     "(serial, device_address, nbytes, shape, dtype) each; shape and dtype are those of the "
+     "Buffer allocate() returned while it lives, else None. For leak checks (the pytest plugin)."},
     {"__enter__", backend_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))backend_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},

@@ -38,9 +38,12 @@ typedef struct {
 } BackendObject;
 
 /* One pa_block and the bookkeeping freebuffer() needs. */
-typedef struct {
+typedef struct AllocationObject {
     PyObject_HEAD
     BackendObject *backend; /* strong; NULL once the block is released */
+    /* the list of allocations holding a block (allocation.c), for Backend._live() */
+    struct AllocationObject *live_prev, *live_next;
+    unsigned long long serial; /* 1, 2, ... in allocation order; 0 when not listed */
     pa_block block;
     Py_ssize_t views;   /* Buffer objects linked to this allocation */
     Py_ssize_t exports; /* buffer-protocol exports of those Buffers */
@@ -95,6 +98,10 @@ void pa_py_extent(PyArrayObject *arr, char **lo, char **hi);
 /* allocation.c: lifetime and counting */
 /* release the core block (idempotent); closes the core backend if it was the last */
 void pa_py_allocation_release(AllocationObject *a);
+/* a now holds a block from its backend: list it (unlisted when the block goes) */
+void pa_py_allocation_list(AllocationObject *a);
+/* Backend._live(): (serial, device_address, nbytes, shape, dtype) of b's blocks */
+PyObject *pa_py_live_allocations(BackendObject *b);
 /* count buf as a view of a (takes a reference to a) */
 void pa_py_link(BufferObject *buf, AllocationObject *a);
 /* the live allocation arr's data pointer lies in, following parent's bases; or NULL */

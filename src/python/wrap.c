@@ -170,6 +170,8 @@ PyObject *pa_py_wrap(PyObject *obj, PyObject *device_address, PyObject *coherent
     a->backend = NULL;
     a->views = a->exports = a->busy = 0;
     a->anchor = a->root = NULL;
+    a->live_prev = a->live_next = NULL;
+    a->serial = 0; /* another owner's memory: not listed as a backend's block */
     memset(&a->block, 0, sizeof(a->block));
     w->have_view = 0;
     w->owner = NULL;
