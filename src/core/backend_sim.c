@@ -448,13 +448,20 @@ static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, s
     return report;
 }
 
-/* the simulated device and the line flags are shared state: one lock for both */
+/* A sync touches only its own lines (their flags, CPU, device and agreed
+ * bytes), all inside a live block that pa_alloc/pa_free leave alone while it
+ * lives: per-range exclusion against overlapping syncs and device accesses is
+ * enough, so no backend lock is held during the copy and allocate()/free() on
+ * other threads go on meanwhile. */
 static int pa_sim_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
                        pa_sync_dir dir, pa_err *err)
 {
-    pthread_mutex_lock(&be->lock);
+    size_t start = (size_t)blk->aux + off;
+    pa_range r;
+    pa_range_acquire(be, &r, start & ~((size_t)PA_LINE - 1),
+                     (start + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1));
     int rc = pa_sim_sync_locked(be, blk, off, len, dir, err);
-    pthread_mutex_unlock(&be->lock);
+    pa_range_release(be, &r);
     return rc;
 }
 
@@ -482,10 +489,15 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
     size_t hi = (start + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1);
     int report = 0;
 
-    pthread_mutex_lock(&be->lock);
+    /* the range keeps syncs of these lines out; the backend lock keeps
+     * pa_alloc/pa_free from changing which of them are allocated */
+    pa_range r;
+    pa_range_acquire(be, &r, lo, hi);
+    pa_lock(&be->lock);
     for (size_t o = lo; o < hi; o += PA_LINE) {
         if ((s->lines[o / PA_LINE] & SIM_ALLOC) == 0) {
             pthread_mutex_unlock(&be->lock);
+            pa_range_release(be, &r);
             return pa_seterr(err, EFAULT,
                              "device %s at 0x%llx touches 0x%llx, which is not inside a live "
                              "buffer (freed or never allocated): on hardware this DMA would "
@@ -542,6 +554,7 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
         o = end;
     }
     pthread_mutex_unlock(&be->lock);
+    pa_range_release(be, &r);
     return report;
 }
 

@@ -64,6 +64,13 @@ typedef struct pa_info {
 
 typedef struct pa_backend pa_backend;
 
+/* A range of cache lines one thread is working on (pa_range_acquire):
+ * kept on that thread's stack while it works. */
+typedef struct pa_range {
+    size_t lo, hi; /* [lo, hi), backend-defined units (sim: byte offsets, line-aligned) */
+    struct pa_range *next;
+} pa_range;
+
 typedef struct pa_ops {
     const char *name;
     bool board; /* probed for the default backend (sim and hugepage are not) */
@@ -88,7 +95,10 @@ typedef struct pa_ops {
 struct pa_backend {
     const pa_ops *ops;
     void *priv;
-    pthread_mutex_t lock; /* taken by pa_alloc/pa_free/pa_info */
+    pthread_mutex_t lock; /* taken by pa_alloc/pa_free/pa_info: bookkeeping only (pa_lock) */
+    pthread_mutex_t range_lock; /* guards ranges; held only to scan/link the list */
+    pthread_cond_t range_cv;    /* signalled when a range is released */
+    pa_range *ranges;           /* ranges being synchronised right now (pa_range_acquire) */
     bool coherent;        /* blocks allocated with cacheable=None are coherent; set by open */
     bool cached_coherent; /* cacheable=True blocks are coherent too (the device snoops the
                            * CPU's caches); set by open */
@@ -105,6 +115,23 @@ struct pa_backend {
 };
 
 /* generic layer (pa.c) */
+
+/* Blocking waits. The core never calls Python, but the binding calls it with
+ * the GIL held: a thread that waited for a lock with the GIL held would stop
+ * every Python thread for as long as the lock's holder works. So every wait
+ * goes through one hook: pa_lock tries the lock first and only when it is
+ * taken calls waiter(block, arg), which (in the binding) releases the GIL if
+ * this thread holds it, runs block(arg) and takes the GIL back. Set once,
+ * before any backend is opened; NULL: just block. */
+typedef void (*pa_waiter_fn)(void (*block)(void *), void *arg);
+void pa_set_waiter(pa_waiter_fn waiter);
+void pa_lock(pthread_mutex_t *m);
+/* Per-range exclusion for work on a block's memory that needs no backend
+ * lock (sim: flush/invalidate copies and the line states): waits (through
+ * the waiter) until no other thread holds a range overlapping [lo, hi), then
+ * links r. Non-overlapping ranges proceed in parallel. */
+void pa_range_acquire(pa_backend *be, pa_range *r, size_t lo, size_t hi);
+void pa_range_release(pa_backend *be, pa_range *r);
 const pa_ops *pa_find_ops(const char *name, size_t len);
 const char *pa_known_backends(void); /* "sim, hugepage, ..." */
 extern const pa_ops *const pa_all_ops[]; /* NULL-terminated, in probe order */

@@ -269,8 +269,14 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     a->anchor = a->root = NULL;
     memset(&a->block, 0, sizeof(a->block));
 
+    /* pa_alloc may release the GIL while it waits for the backend lock
+     * (pa_set_waiter): the pin keeps close() + the last free from closing
+     * the backend meanwhile */
+    b->pins++;
     int rc = pa_alloc_below(b->be, nbytes, alignment, flags, max_addr, &a->block, &err);
+    b->pins--;
     if (rc < 0) {
+        pa_py_backend_settle(b);
         pa_py_raise(rc, &err);
         goto fail;
     }

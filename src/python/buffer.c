@@ -137,15 +137,18 @@ static PyObject *buffer_sync(PyObject *self, pa_sync_dir dir, const char *what)
     pa_backend *be = a->backend->be;
     pa_err err;
     int rc;
+    /* keeps freebuffer() from another thread away meanwhile: the GIL is
+     * released for large ranges, and for small ones while waiting for an
+     * overlapping sync on another thread (pa_range_acquire) */
+    a->busy++;
     if (len >= PA_SYNC_GIL_BYTES) {
-        a->busy++; /* keeps freebuffer() from another thread away meanwhile */
         Py_BEGIN_ALLOW_THREADS
         rc = pa_sync(be, &a->block, off, len, dir, &err);
         Py_END_ALLOW_THREADS
-        a->busy--;
     } else {
         rc = pa_sync(be, &a->block, off, len, dir, &err);
     }
+    a->busy--;
     if (rc < 0) {
         return pa_py_raise(rc, &err);
     }
