@@ -465,6 +465,35 @@ static int pa_sim_sync(pa_backend *be, const pa_block *blk, size_t off, size_t l
     return rc;
 }
 
+/* a sparse view's runs: one range lock over all of them, then each */
+static int pa_sim_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                            pa_sync_dir dir, pa_err *err)
+{
+    size_t first = SIZE_MAX, last = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t lo = (size_t)blk->aux + pairs[2 * i], hi = lo + pairs[2 * i + 1];
+        first = lo < first ? lo : first;
+        last = hi > last ? hi : last;
+    }
+    pa_range r;
+    pa_range_acquire(be, &r, first & ~((size_t)PA_LINE - 1),
+                     (last + PA_LINE - 1) & ~((size_t)PA_LINE - 1));
+    int report = 0;
+    pa_err tmp;
+    for (size_t i = 0; i < n; i++) {
+        if (pairs[2 * i + 1] == 0) {
+            continue;
+        }
+        int rc = pa_sim_sync_locked(be, blk, pairs[2 * i], pairs[2 * i + 1], dir, &tmp);
+        if (rc > 0 && report == 0) {
+            report = rc;
+            *err = tmp;
+        }
+    }
+    pa_range_release(be, &r);
+    return report;
+}
+
 int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, bool write,
                          pa_err *err)
 {
@@ -595,6 +624,8 @@ const pa_ops pa_sim_ops = {
     .alloc = pa_sim_alloc,
     .free = pa_sim_free,
     .sync = pa_sim_sync,
+    .sync_many = pa_sim_sync_many,
+    .sync_per_run = true,
     .info = pa_sim_info,
     .close = pa_sim_close,
     .probe = pa_sim_probe,

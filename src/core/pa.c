@@ -490,6 +490,45 @@ int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync
     return be->ops->sync(be, blk, off, len, dir, err);
 }
 
+int pa_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                 pa_sync_dir dir, pa_err *err)
+{
+    if (blk->coherent || n == 0) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t off = pairs[2 * i], len = pairs[2 * i + 1];
+        if (off > blk->size || len > blk->size - off) {
+            return pa_seterr(err, EINVAL, "sync range [%zu, %zu) is outside the %zu-byte block",
+                             off, off + len, blk->size);
+        }
+    }
+    if (blk->foreign && pa_cache_user_maintenance()) {
+        int rc = pa_cache_ranges(blk->cpu, pairs, n, dir == PA_FROM_DEVICE);
+        return rc < 0 ? pa_seterr(err, -rc, "cache maintenance (%s) over wrapped memory failed: "
+                                  "%s", pa_cache_method(), strerror(-rc))
+                      : 0;
+    }
+    if (!blk->foreign && be->ops->sync_many != NULL) {
+        return be->ops->sync_many(be, blk, pairs, n, dir, err);
+    }
+    int report = 0;
+    pa_err tmp;
+    for (size_t i = 0; i < n; i++) {
+        int rc = pa_sync(be, blk, pairs[2 * i], pairs[2 * i + 1], dir, &tmp);
+        if (rc < 0 || (rc > 0 && report == 0)) {
+            *err = tmp;
+        }
+        if (rc < 0) {
+            return rc;
+        }
+        if (rc > 0 && report == 0) {
+            report = rc;
+        }
+    }
+    return report;
+}
+
 void pa_get_info(pa_backend *be, pa_info *info)
 {
     memset(info, 0, sizeof(*info));

@@ -74,6 +74,10 @@ typedef struct pa_range {
 typedef struct pa_ops {
     const char *name;
     bool board; /* probed for the default backend (sim and hugepage are not) */
+    /* one sync call costs CPU cache instructions (or a copy), no system call:
+     * a sparse strided view is synchronised run by run (see the binding's
+     * buffer_sync); otherwise its whole extent in one call */
+    bool sync_per_run;
     /* arg: what followed "name:" in the spec, or NULL */
     int (*open)(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts, pa_err *err);
     /* size > 0, a multiple of PA_LINE; align a power of two >= PA_LINE.
@@ -83,6 +87,11 @@ typedef struct pa_ops {
     /* [off, off+len) inside the block; the backend rounds to cache lines. */
     int (*sync)(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
                 pa_err *err);
+    /* optional: n ranges (off, len pairs inside the block, in any order) in
+     * one go: a sparse view's runs. Without it pa_sync_many
+     * calls sync for each. Returns like sync (the first report). */
+    int (*sync_many)(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                     pa_sync_dir dir, pa_err *err);
     void (*info)(pa_backend *be, pa_info *info); /* total, free, largest_free */
     void (*close)(pa_backend *be);
     /* cheap and side-effect free: 0 if open() would find something usable */
@@ -148,6 +157,9 @@ void pa_adopt(void *cpu, uint64_t device_address, size_t size, bool coherent, pa
 /* be may be NULL for a foreign block */
 int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
             pa_err *err);
+/* pa_sync of n ranges (off, len pairs, each inside the block, any order): one call for a sparse view's runs; the first report wins */
+int pa_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                 pa_sync_dir dir, pa_err *err);
 void pa_get_info(pa_backend *be, pa_info *info);
 /* whether a block allocated with cacheable=None is coherent */
 bool pa_default_coherent(const pa_backend *be);
