@@ -121,8 +121,6 @@ static PyObject *buffer_not_backed(BufferObject *buf, const char *what)
     return NULL;
 }
 
-/* PA_SYNC_GIL_BYTES and larger ranges are synchronised without the GIL */
-#define PA_SYNC_GIL_BYTES (256 * 1024)
 
 /* A strided view is synchronised run by run (the contiguous stretches of its
  * elements, neighbours sharing a cache line merged) when its backend syncs
