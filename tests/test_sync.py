@@ -134,3 +134,73 @@ def test_device_access_outside_live_buffers_is_refused(sim):
 def test_device_read_on_hugepage_is_refused(huge):
     with pytest.raises(NotImplementedError, match="only on the sim"):
         huge.device_read(0, 4)
+
+
+def changed_lines(be, base, view, op="flush"):
+    """Fill base with 0xff on the CPU, sync view, return the cache lines of base the device got."""
+    base.view("u1")[:] = 0xFF
+    getattr(view, op)()
+    return set(np.flatnonzero(dev_bytes(be, base).reshape(-1, LINE).any(axis=1)).tolist())
+
+
+def touched_lines(base, key):
+    """Cache lines of base that the elements of base[key] touch (elements within one line)."""
+    mask = np.zeros(base.shape, bool)
+    mask[key] = True
+    return set((np.flatnonzero(mask.ravel()) * base.itemsize // LINE).tolist())
+
+
+def test_sparse_roi_flushes_only_the_lines_its_rows_touch(sim):
+    # rows of 1 KiB (16 lines); the ROI is the first line of every row
+    buf = sim.allocate((64, 256), "u4")
+    key = (slice(None), slice(None, 16))
+    got = changed_lines(sim, buf, buf[key])
+    assert got == touched_lines(buf, key) == {16 * r for r in range(64)}
+    # unaligned ROI: columns 10..30 touch lines 0 and 1 of every row
+    buf2 = sim.allocate((64, 256), "u4")
+    key2 = (slice(3, 60, 2), slice(10, 30))
+    assert changed_lines(sim, buf2, buf2[key2]) == touched_lines(buf2, key2)
+    # a column: one element per row, one line per row; reversed too
+    buf3 = sim.allocate((64, 256), "u4")
+    key3 = (slice(None, None, -1), 100)
+    assert changed_lines(sim, buf3, buf3[key3]) == touched_lines(buf3, key3)
+
+
+def test_dense_strided_view_flushes_its_whole_extent(sim):
+    # rows of 256 bytes (4 lines); columns 0..39 touch 3 of them: dense, so
+    # the whole extent goes in one call, the 4th line of every row included
+    buf = sim.allocate((64, 64), "u4")
+    view = buf[:, :40]
+    lines = touched_lines(buf, (slice(None), slice(None, 40)))
+    got = changed_lines(sim, buf, view)
+    assert got == set(range(min(lines), max(lines) + 1))
+    assert len(got) > len(lines)
+
+
+def test_sparse_roi_invalidate_brings_only_its_lines(sim):
+    buf = sim.allocate((32, 256), "u4")  # 1 KiB rows
+    sim.device_write(buf.device_address, b"\x07" * buf.nbytes)
+    view = buf[:, 16:32]  # line 1 of every row
+    view.invalidate()
+    cpu_lines = np.flatnonzero(buf.view("u1").reshape(-1, LINE).any(axis=1))
+    assert set(cpu_lines.tolist()) == touched_lines(buf, (slice(None), slice(16, 32)))
+    assert (view == 0x07070707).all()
+
+
+def test_sparse_roi_flush_reports_once_under_the_checker():
+    import pynq_alloc
+
+    be = pynq_alloc.open_backend("sim", size=1 << 20, check="raise")
+    try:
+        buf = be.allocate((16, 256), "u4", cacheable=True)
+        buf[:] = 1
+        buf.flush()
+        be.device_write(buf.device_address, b"\x02" * buf.nbytes)
+        # flush over lines the device wrote: the checker reports (case 4)
+        with pytest.raises(pynq_alloc.CoherencyError):
+            buf[:, :16].flush()
+        buf[:, :16].invalidate()
+        assert (buf[:, :16] == 0x02020202).all()
+        assert (buf[:, 16:] == 1).all()
+    finally:
+        be.close()

@@ -6,6 +6,7 @@
 #include "cache.h"
 #include "pa.h"
 #include "pagemap.h"
+#include "regidx.h"
 #include "tlsf.h"
 
 #include <ctype.h>
@@ -42,6 +43,8 @@
 
 /* One mapping of k huge pages, verified physically contiguous. */
 typedef struct pa_huge_region {
+    pa_regidx_node node; /* first: the index hands back &node */
+    size_t slot;         /* index in pa_huge.regions */
     char *cpu;
     size_t len;     /* whole huge pages */
     uint64_t phys;  /* physical address of cpu[0] */
@@ -56,6 +59,8 @@ typedef struct pa_huge {
     char name[24];   /* page size for messages: "2M", "1G" */
     pa_huge_region **regions;
     size_t nregions, cap;
+    pa_huge_region *empty; /* the one empty region kept for the next alloc, or NULL */
+    pa_regidx idx;         /* regions by largest free class: O(1) alloc (regidx.h) */
 } pa_huge;
 
 /* a page of the memfd being searched for a contiguous run */
@@ -571,27 +576,40 @@ static int pa_huge_add_region(pa_huge *h, pa_huge_region *r, pa_err *err)
         h->regions = grown;
         h->cap = cap;
     }
+    r->slot = h->nregions;
     h->regions[h->nregions++] = r;
+    pa_regidx_add(&h->idx, &r->node, r->tlsf);
     return 0;
 }
 
 static void pa_huge_remove_region(pa_huge *h, size_t i)
 {
     pa_huge_region *r = h->regions[i];
+    pa_regidx_remove(&h->idx, &r->node);
     h->regions[i] = h->regions[--h->nregions];
+    h->regions[i]->slot = i;
+    if (h->empty == r) {
+        h->empty = NULL;
+    }
     pa_huge_region_destroy(r);
 }
 
-/* unmaps an empty region other than keep; true if there was one */
+/* unmaps the kept empty region unless it is keep; true if there was one */
 static bool pa_huge_drop_empty(pa_huge *h, const pa_huge_region *keep)
 {
-    for (size_t i = 0; i < h->nregions; i++) {
-        if (h->regions[i]->live == 0 && h->regions[i] != keep) {
-            pa_huge_remove_region(h, i);
-            return true;
-        }
+    if (h->empty == NULL || h->empty == keep) {
+        return false;
     }
-    return false;
+    pa_huge_remove_region(h, h->empty->slot);
+    return true;
+}
+
+/* r has no live block left: keep it as the empty region, unmapping the one
+ * kept before (at most one empty region stays mapped) */
+static void pa_huge_emptied(pa_huge *h, pa_huge_region *r)
+{
+    pa_huge_drop_empty(h, r);
+    h->empty = r;
 }
 
 static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts,
@@ -636,6 +654,7 @@ static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, 
         return pa_seterr(err, ENOMEM, "out of memory");
     }
     h->page = page;
+    pa_regidx_init(&h->idx, PA_LINE);
     h->shift = (unsigned)__builtin_ctzll((unsigned long long)page);
     pa_huge_fmt_size(h->name, sizeof(h->name), page);
     /* map one page now: proves the pool and pagemap work (root, real frame
@@ -648,6 +667,7 @@ static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, 
     if (rc < 0) {
         goto destroy_region;
     }
+    h->empty = r;
     be->priv = h;
     /* hugetlb pages map cached only: cacheable=None gives them, coherent on
      * x86 (snooped), non-coherent elsewhere */
@@ -691,16 +711,15 @@ static int pa_huge_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
                          "larger page",
                          align, h->name);
     }
-    for (size_t i = 0; i < h->nregions; i++) {
-        rc = pa_tlsf_alloc(h->regions[i]->tlsf, size, align, &off, &got, &tb);
-        if (rc == 0) {
-            r = h->regions[i];
-            goto found;
-        }
-        if (rc != -ENOMEM) {
-            return pa_seterr(err, -rc, "cannot allocate %zu bytes aligned to %zu: %s", size,
-                             align, strerror(-rc));
-        }
+    /* O(1) whatever the number of regions: the index picks the region */
+    pa_regidx_node *n = pa_regidx_alloc(&h->idx, size, align, &off, &got, &tb, &rc);
+    if (n != NULL) {
+        r = (pa_huge_region *)n;
+        goto found;
+    }
+    if (rc != -ENOMEM) {
+        return pa_seterr(err, -rc, "cannot allocate %zu bytes aligned to %zu: %s", size, align,
+                         strerror(-rc));
     }
     size_t k = size / h->page + (size % h->page != 0);
     rc = pa_huge_region_new(h, k, size, &r, err);
@@ -719,10 +738,15 @@ static int pa_huge_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     rc = pa_tlsf_alloc(r->tlsf, size, align, &off, &got, &tb);
     if (rc < 0) {
         /* a fresh region of ceil(size / page) pages always fits */
+        pa_huge_emptied(h, r);
         return pa_seterr(err, -rc, "internal error: a fresh %zu-byte region refused %zu bytes",
                          r->len, size);
     }
+    pa_regidx_update(&h->idx, &r->node);
 found:
+    if (h->empty == r) {
+        h->empty = NULL; /* it gets a live block below (or is emptied again) */
+    }
     /* hugetlb pages come zeroed from the kernel; only reused ranges need it */
     if (off < r->touched) {
         size_t end = off + got < r->touched ? off + got : r->touched;
@@ -735,6 +759,10 @@ found:
         rc = pa_cache_clean(r->cpu + off, got);
         if (rc < 0) {
             pa_tlsf_free(r->tlsf, tb);
+            pa_regidx_update(&h->idx, &r->node);
+            if (r->live == 0) {
+                pa_huge_emptied(h, r);
+            }
             return pa_seterr(err, -rc, "cleaning the cache over a new block failed (%s): %s",
                              pa_cache_method(), strerror(-rc));
         }
@@ -754,9 +782,10 @@ static void pa_huge_free(pa_backend *be, pa_block *blk)
     pa_huge *h = be->priv;
     pa_huge_region *r = (pa_huge_region *)(uintptr_t)blk->aux;
     pa_tlsf_free(r->tlsf, blk->handle);
+    pa_regidx_update(&h->idx, &r->node);
     /* keep the most recently emptied region for the next alloc; unmap any other */
     if (--r->live == 0) {
-        pa_huge_drop_empty(h, r);
+        pa_huge_emptied(h, r);
     }
 }
 
@@ -781,6 +810,24 @@ static int pa_huge_sync(pa_backend *be, const pa_block *blk, size_t off, size_t 
     } else {
         return pa_seterr(err, EINVAL, "unknown sync direction %d", (int)dir);
     }
+    if (rc < 0) {
+        return pa_seterr(err, -rc, "cache maintenance (%s) failed: %s", pa_cache_method(),
+                         strerror(-rc));
+    }
+    return 0;
+}
+
+/* a sparse view's runs: the lines of each, one barrier at the end */
+static int pa_huge_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                             pa_sync_dir dir, pa_err *err)
+{
+    (void)be;
+    if (!pa_cache_user_maintenance()) {
+        return pa_seterr(err, ENOTSUP,
+                         "this CPU cannot clean or invalidate its data cache from user space "
+                         "(32-bit ARM needs a kernel sync backend such as udmabuf)");
+    }
+    int rc = pa_cache_ranges(blk->cpu, pairs, n, dir == PA_FROM_DEVICE);
     if (rc < 0) {
         return pa_seterr(err, -rc, "cache maintenance (%s) failed: %s", pa_cache_method(),
                          strerror(-rc));
@@ -860,6 +907,8 @@ const pa_ops pa_huge_ops = {
     .alloc = pa_huge_alloc,
     .free = pa_huge_free,
     .sync = pa_huge_sync,
+    .sync_many = pa_huge_sync_many,
+    .sync_per_run = true,
     .info = pa_huge_info,
     .close = pa_huge_close,
     .probe = pa_huge_probe,

@@ -448,14 +448,50 @@ static int pa_sim_sync_locked(pa_backend *be, const pa_block *blk, size_t off, s
     return report;
 }
 
-/* the simulated device and the line flags are shared state: one lock for both */
+/* A sync touches only its own lines (their flags, CPU, device and agreed
+ * bytes), all inside a live block that pa_alloc/pa_free leave alone while it
+ * lives: per-range exclusion against overlapping syncs and device accesses is
+ * enough, so no backend lock is held during the copy and allocate()/free() on
+ * other threads go on meanwhile. */
 static int pa_sim_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len,
                        pa_sync_dir dir, pa_err *err)
 {
-    pthread_mutex_lock(&be->lock);
+    size_t start = (size_t)blk->aux + off;
+    pa_range r;
+    pa_range_acquire(be, &r, start & ~((size_t)PA_LINE - 1),
+                     (start + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1));
     int rc = pa_sim_sync_locked(be, blk, off, len, dir, err);
-    pthread_mutex_unlock(&be->lock);
+    pa_range_release(be, &r);
     return rc;
+}
+
+/* a sparse view's runs: one range lock over all of them, then each */
+static int pa_sim_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                            pa_sync_dir dir, pa_err *err)
+{
+    size_t first = SIZE_MAX, last = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t lo = (size_t)blk->aux + pairs[2 * i], hi = lo + pairs[2 * i + 1];
+        first = lo < first ? lo : first;
+        last = hi > last ? hi : last;
+    }
+    pa_range r;
+    pa_range_acquire(be, &r, first & ~((size_t)PA_LINE - 1),
+                     (last + PA_LINE - 1) & ~((size_t)PA_LINE - 1));
+    int report = 0;
+    pa_err tmp;
+    for (size_t i = 0; i < n; i++) {
+        if (pairs[2 * i + 1] == 0) {
+            continue;
+        }
+        int rc = pa_sim_sync_locked(be, blk, pairs[2 * i], pairs[2 * i + 1], dir, &tmp);
+        if (rc > 0 && report == 0) {
+            report = rc;
+            *err = tmp;
+        }
+    }
+    pa_range_release(be, &r);
+    return report;
 }
 
 int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, bool write,
@@ -482,10 +518,15 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
     size_t hi = (start + len + PA_LINE - 1) & ~((size_t)PA_LINE - 1);
     int report = 0;
 
-    pthread_mutex_lock(&be->lock);
+    /* the range keeps syncs of these lines out; the backend lock keeps
+     * pa_alloc/pa_free from changing which of them are allocated */
+    pa_range r;
+    pa_range_acquire(be, &r, lo, hi);
+    pa_lock(&be->lock);
     for (size_t o = lo; o < hi; o += PA_LINE) {
         if ((s->lines[o / PA_LINE] & SIM_ALLOC) == 0) {
             pthread_mutex_unlock(&be->lock);
+            pa_range_release(be, &r);
             return pa_seterr(err, EFAULT,
                              "device %s at 0x%llx touches 0x%llx, which is not inside a live "
                              "buffer (freed or never allocated): on hardware this DMA would "
@@ -542,6 +583,7 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
         o = end;
     }
     pthread_mutex_unlock(&be->lock);
+    pa_range_release(be, &r);
     return report;
 }
 
@@ -582,6 +624,8 @@ const pa_ops pa_sim_ops = {
     .alloc = pa_sim_alloc,
     .free = pa_sim_free,
     .sync = pa_sim_sync,
+    .sync_many = pa_sim_sync_many,
+    .sync_per_run = true,
     .info = pa_sim_info,
     .close = pa_sim_close,
     .probe = pa_sim_probe,

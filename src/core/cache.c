@@ -132,6 +132,38 @@ int pa_cache_clean(void *p, size_t len)
     return pa_cache_x86(p, len, false);
 }
 
+int pa_cache_ranges(char *base, const size_t *pairs, size_t n, bool invalidate)
+{
+    unsigned w = pa_cache_probe();
+    size_t line = w & 0xffff;
+    unsigned method = w >> 16;
+    for (size_t i = 0; i < n; i++) {
+        uintptr_t a;
+        size_t k;
+        if (pairs[2 * i + 1] == 0) {
+            continue;
+        }
+        if (pa_cache_span(base + pairs[2 * i], pairs[2 * i + 1], line, &a, &k) < 0) {
+            return -EINVAL;
+        }
+        if (method == PA_CACHE_CLWB && !invalidate) {
+            for (; k > 0; k--, a += line) {
+                PA_CACHE_CLWB_LINE(a);
+            }
+        } else if (method >= PA_CACHE_CLFLUSHOPT) {
+            for (; k > 0; k--, a += line) {
+                PA_CACHE_CLFLUSHOPT_LINE(a);
+            }
+        } else {
+            for (; k > 0; k--, a += line) {
+                PA_CACHE_CLFLUSH_LINE(a);
+            }
+        }
+    }
+    __asm__ volatile("mfence" : : : "memory");
+    return 0;
+}
+
 int pa_cache_clean_invalidate(void *p, size_t len)
 {
     return pa_cache_x86(p, len, true);
@@ -170,6 +202,30 @@ int pa_cache_clean(void *p, size_t len)
     }
     for (; n > 0; n--, a += line) {
         __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
+    }
+    __asm__ volatile("dsb sy" : : : "memory");
+    return 0;
+}
+
+int pa_cache_ranges(char *base, const size_t *pairs, size_t n, bool invalidate)
+{
+    size_t line = pa_cache_line_size();
+    for (size_t i = 0; i < n; i++) {
+        uintptr_t a;
+        size_t k;
+        if (pairs[2 * i + 1] == 0) {
+            continue;
+        }
+        if (pa_cache_span(base + pairs[2 * i], pairs[2 * i + 1], line, &a, &k) < 0) {
+            return -EINVAL;
+        }
+        for (; k > 0; k--, a += line) {
+            if (invalidate) {
+                __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
+            } else {
+                __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
+            }
+        }
     }
     __asm__ volatile("dsb sy" : : : "memory");
     return 0;
@@ -224,6 +280,18 @@ int pa_cache_clean_invalidate(void *p, size_t len)
 {
     (void)p;
     return len == 0 ? 0 : -ENOTSUP;
+}
+
+int pa_cache_ranges(char *base, const size_t *pairs, size_t n, bool invalidate)
+{
+    (void)base;
+    (void)invalidate;
+    for (size_t i = 0; i < n; i++) {
+        if (pairs[2 * i + 1] != 0) {
+            return -ENOTSUP;
+        }
+    }
+    return 0;
 }
 
 #endif

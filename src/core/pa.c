@@ -84,6 +84,10 @@ static void pa_fork_child(void)
     pa_fork_gen++;
     for (pa_backend *be = pa_reg_head; be != NULL; be = be->next) {
         pthread_mutex_init(&be->lock, NULL);
+        /* the threads syncing ranges do not exist in the child */
+        pthread_mutex_init(&be->range_lock, NULL);
+        pthread_cond_init(&be->range_cv, NULL);
+        be->ranges = NULL;
     }
     pthread_mutex_init(&pa_reg_lock, NULL);
     pthread_mutex_init(&pa_retire_lock, NULL);
@@ -92,6 +96,93 @@ static void pa_fork_child(void)
 static void pa_fork_register(void)
 {
     pthread_atfork(pa_fork_prepare, pa_fork_parent, pa_fork_child);
+}
+
+/* ------------------------------------------------------------ waiting */
+static _Atomic(pa_waiter_fn) pa_waiter;
+
+void pa_set_waiter(pa_waiter_fn waiter)
+{
+    pa_waiter = waiter;
+}
+
+static void pa_wait(void (*block)(void *), void *arg)
+{
+    pa_waiter_fn w = pa_waiter;
+    if (w != NULL) {
+        w(block, arg);
+    } else {
+        block(arg);
+    }
+}
+
+static void pa_lock_block(void *m)
+{
+    pthread_mutex_lock(m);
+}
+
+void pa_lock(pthread_mutex_t *m)
+{
+    if (pthread_mutex_trylock(m) != 0) {
+        pa_wait(pa_lock_block, m);
+    }
+}
+
+static bool pa_range_busy(const pa_backend *be, const pa_range *r)
+{
+    for (const pa_range *o = be->ranges; o != NULL; o = o->next) {
+        if (o->lo < r->hi && r->lo < o->hi) {
+            return true;
+        }
+    }
+    return false;
+}
+
+typedef struct pa_range_wait {
+    pa_backend *be;
+    pa_range *r;
+} pa_range_wait;
+
+static void pa_range_block(void *arg)
+{
+    pa_range_wait *w = arg;
+    pthread_mutex_lock(&w->be->range_lock);
+    while (pa_range_busy(w->be, w->r)) {
+        pthread_cond_wait(&w->be->range_cv, &w->be->range_lock);
+    }
+    w->r->next = w->be->ranges;
+    w->be->ranges = w->r;
+    pthread_mutex_unlock(&w->be->range_lock);
+}
+
+void pa_range_acquire(pa_backend *be, pa_range *r, size_t lo, size_t hi)
+{
+    r->lo = lo;
+    r->hi = hi;
+    if (pthread_mutex_trylock(&be->range_lock) == 0) {
+        if (!pa_range_busy(be, r)) {
+            r->next = be->ranges;
+            be->ranges = r;
+            pthread_mutex_unlock(&be->range_lock);
+            return;
+        }
+        pthread_mutex_unlock(&be->range_lock);
+    }
+    pa_range_wait w = {be, r};
+    pa_wait(pa_range_block, &w);
+}
+
+void pa_range_release(pa_backend *be, pa_range *r)
+{
+    pthread_mutex_lock(&be->range_lock); /* held by others only to scan the list */
+    for (pa_range **pp = &be->ranges; *pp != NULL; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    }
+    pthread_cond_broadcast(&be->range_cv);
+    pthread_mutex_unlock(&be->range_lock);
 }
 
 bool pa_inherited(const pa_backend *be)
@@ -244,14 +335,30 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
     }
     pthread_once(&pa_fork_once, pa_fork_register);
     rc = pthread_mutex_init(&be->lock, NULL);
+    if (rc == 0) {
+        rc = pthread_mutex_init(&be->range_lock, NULL);
+        if (rc != 0) {
+            pthread_mutex_destroy(&be->lock);
+        }
+    }
+    if (rc == 0) {
+        rc = pthread_cond_init(&be->range_cv, NULL);
+        if (rc != 0) {
+            pthread_mutex_destroy(&be->range_lock);
+            pthread_mutex_destroy(&be->lock);
+        }
+    }
     if (rc != 0) {
         free(rest);
         free(be);
-        return pa_seterr(err, rc, "pthread_mutex_init failed: %s", strerror(rc));
+        return pa_seterr(err, rc, "pthread_mutex_init/pthread_cond_init failed: %s", strerror(rc));
     }
+    be->ranges = NULL;
     rc = ops->open(be, colon != NULL ? colon + 1 : NULL, rest, nrest, err);
     free(rest);
     if (rc < 0) {
+        pthread_cond_destroy(&be->range_cv);
+        pthread_mutex_destroy(&be->range_lock);
         pthread_mutex_destroy(&be->lock);
         free(be);
         return rc;
@@ -297,7 +404,7 @@ int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, ui
                          "usable)",
                          be->ops->name);
     }
-    pthread_mutex_lock(&be->lock);
+    pa_lock(&be->lock);
     be->alloc_max = max_addr;
     int rc = be->ops->alloc(be, rounded, align, flags, blk, err);
     be->alloc_max = UINT64_MAX;
@@ -356,7 +463,7 @@ void pa_free(pa_backend *be, pa_block *blk)
         memset(blk, 0, sizeof(*blk)); /* the owner frees it */
         return;
     }
-    pthread_mutex_lock(&be->lock);
+    pa_lock(&be->lock);
     be->used -= blk->size;
     be->buffers--;
     /* an inherited block is the parent's: the child only forgets it */
@@ -383,10 +490,49 @@ int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync
     return be->ops->sync(be, blk, off, len, dir, err);
 }
 
+int pa_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                 pa_sync_dir dir, pa_err *err)
+{
+    if (blk->coherent || n == 0) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        size_t off = pairs[2 * i], len = pairs[2 * i + 1];
+        if (off > blk->size || len > blk->size - off) {
+            return pa_seterr(err, EINVAL, "sync range [%zu, %zu) is outside the %zu-byte block",
+                             off, off + len, blk->size);
+        }
+    }
+    if (blk->foreign && pa_cache_user_maintenance()) {
+        int rc = pa_cache_ranges(blk->cpu, pairs, n, dir == PA_FROM_DEVICE);
+        return rc < 0 ? pa_seterr(err, -rc, "cache maintenance (%s) over wrapped memory failed: "
+                                  "%s", pa_cache_method(), strerror(-rc))
+                      : 0;
+    }
+    if (!blk->foreign && be->ops->sync_many != NULL) {
+        return be->ops->sync_many(be, blk, pairs, n, dir, err);
+    }
+    int report = 0;
+    pa_err tmp;
+    for (size_t i = 0; i < n; i++) {
+        int rc = pa_sync(be, blk, pairs[2 * i], pairs[2 * i + 1], dir, &tmp);
+        if (rc < 0 || (rc > 0 && report == 0)) {
+            *err = tmp;
+        }
+        if (rc < 0) {
+            return rc;
+        }
+        if (rc > 0 && report == 0) {
+            report = rc;
+        }
+    }
+    return report;
+}
+
 void pa_get_info(pa_backend *be, pa_info *info)
 {
     memset(info, 0, sizeof(*info));
-    pthread_mutex_lock(&be->lock);
+    pa_lock(&be->lock);
     be->ops->info(be, info);
     info->used = be->used;
     info->buffers = be->buffers;
@@ -411,6 +557,8 @@ void pa_close(pa_backend *be)
     if (!pa_inherited(be)) {
         be->ops->close(be);
     }
+    pthread_cond_destroy(&be->range_cv);
+    pthread_mutex_destroy(&be->range_lock);
     pthread_mutex_destroy(&be->lock);
     free(be);
 }

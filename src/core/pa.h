@@ -64,9 +64,20 @@ typedef struct pa_info {
 
 typedef struct pa_backend pa_backend;
 
+/* A range of cache lines one thread is working on (pa_range_acquire):
+ * kept on that thread's stack while it works. */
+typedef struct pa_range {
+    size_t lo, hi; /* [lo, hi), backend-defined units (sim: byte offsets, line-aligned) */
+    struct pa_range *next;
+} pa_range;
+
 typedef struct pa_ops {
     const char *name;
     bool board; /* probed for the default backend (sim and hugepage are not) */
+    /* one sync call costs CPU cache instructions (or a copy), no system call:
+     * a sparse strided view is synchronised run by run (see the binding's
+     * buffer_sync); otherwise its whole extent in one call */
+    bool sync_per_run;
     /* arg: what followed "name:" in the spec, or NULL */
     int (*open)(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts, pa_err *err);
     /* size > 0, a multiple of PA_LINE; align a power of two >= PA_LINE.
@@ -76,6 +87,11 @@ typedef struct pa_ops {
     /* [off, off+len) inside the block; the backend rounds to cache lines. */
     int (*sync)(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
                 pa_err *err);
+    /* optional: n ranges (off, len pairs inside the block, in any order) in
+     * one go: a sparse view's runs. Without it pa_sync_many
+     * calls sync for each. Returns like sync (the first report). */
+    int (*sync_many)(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                     pa_sync_dir dir, pa_err *err);
     void (*info)(pa_backend *be, pa_info *info); /* total, free, largest_free */
     void (*close)(pa_backend *be);
     /* cheap and side-effect free: 0 if open() would find something usable */
@@ -88,7 +104,10 @@ typedef struct pa_ops {
 struct pa_backend {
     const pa_ops *ops;
     void *priv;
-    pthread_mutex_t lock; /* taken by pa_alloc/pa_free/pa_info */
+    pthread_mutex_t lock; /* taken by pa_alloc/pa_free/pa_info: bookkeeping only (pa_lock) */
+    pthread_mutex_t range_lock; /* guards ranges; held only to scan/link the list */
+    pthread_cond_t range_cv;    /* signalled when a range is released */
+    pa_range *ranges;           /* ranges being synchronised right now (pa_range_acquire) */
     bool coherent;        /* blocks allocated with cacheable=None are coherent; set by open */
     bool cached_coherent; /* cacheable=True blocks are coherent too (the device snoops the
                            * CPU's caches); set by open */
@@ -105,6 +124,23 @@ struct pa_backend {
 };
 
 /* generic layer (pa.c) */
+
+/* Blocking waits. The core never calls Python, but the binding calls it with
+ * the GIL held: a thread that waited for a lock with the GIL held would stop
+ * every Python thread for as long as the lock's holder works. So every wait
+ * goes through one hook: pa_lock tries the lock first and only when it is
+ * taken calls waiter(block, arg), which (in the binding) releases the GIL if
+ * this thread holds it, runs block(arg) and takes the GIL back. Set once,
+ * before any backend is opened; NULL: just block. */
+typedef void (*pa_waiter_fn)(void (*block)(void *), void *arg);
+void pa_set_waiter(pa_waiter_fn waiter);
+void pa_lock(pthread_mutex_t *m);
+/* Per-range exclusion for work on a block's memory that needs no backend
+ * lock (sim: flush/invalidate copies and the line states): waits (through
+ * the waiter) until no other thread holds a range overlapping [lo, hi), then
+ * links r. Non-overlapping ranges proceed in parallel. */
+void pa_range_acquire(pa_backend *be, pa_range *r, size_t lo, size_t hi);
+void pa_range_release(pa_backend *be, pa_range *r);
 const pa_ops *pa_find_ops(const char *name, size_t len);
 const char *pa_known_backends(void); /* "sim, hugepage, ..." */
 extern const pa_ops *const pa_all_ops[]; /* NULL-terminated, in probe order */
@@ -121,6 +157,9 @@ void pa_adopt(void *cpu, uint64_t device_address, size_t size, bool coherent, pa
 /* be may be NULL for a foreign block */
 int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
             pa_err *err);
+/* pa_sync of n ranges (off, len pairs, each inside the block, any order): one call for a sparse view's runs; the first report wins */
+int pa_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
+                 pa_sync_dir dir, pa_err *err);
 void pa_get_info(pa_backend *be, pa_info *info);
 /* whether a block allocated with cacheable=None is coherent */
 bool pa_default_coherent(const pa_backend *be);

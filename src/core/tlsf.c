@@ -449,3 +449,33 @@ uint64_t pa_tlsf_steps(const pa_tlsf *t)
 {
     return t->steps;
 }
+
+unsigned pa_tlsf_top_key(const pa_tlsf *t)
+{
+    if (t->fl_map == 0) {
+        return 0;
+    }
+    unsigned fl = pa_tlsf_fls(t->fl_map);
+    return fl * PA_TLSF_SL_COUNT + pa_tlsf_fls(t->sl_map[fl]) + 1;
+}
+
+unsigned pa_tlsf_search_key(size_t granule, size_t size, size_t align)
+{
+    size_t need;
+    unsigned fl, sl;
+    if (granule == 0 || (granule & (granule - 1)) != 0 || size == 0) {
+        return PA_TLSF_NO_KEY;
+    }
+    if (align < granule) {
+        align = granule;
+    }
+    if (__builtin_add_overflow(size, granule - 1, &size)) {
+        return PA_TLSF_NO_KEY;
+    }
+    size &= ~(granule - 1);
+    if (__builtin_add_overflow(size, align - granule, &need) ||
+        !pa_tlsf_mapping_search(need >> pa_tlsf_ffs(granule), &fl, &sl)) {
+        return PA_TLSF_NO_KEY;
+    }
+    return fl * PA_TLSF_SL_COUNT + sl + 1;
+}

@@ -33,6 +33,16 @@ void pa_tlsf_free(pa_tlsf *t, pa_tlsf_block *handle);
 size_t pa_tlsf_offset(const pa_tlsf_block *handle);
 size_t pa_tlsf_size(const pa_tlsf_block *handle);
 void pa_tlsf_get_stats(const pa_tlsf *t, pa_tlsf_stats *s);
+/* Size-class keys, for indexes over several allocators (regidx.h): keys are
+ * ordered like the classes, 0 means "no free block". top_key: the highest
+ * class holding a free block. search_key: the class pa_tlsf_alloc's
+ * guaranteed search starts at for (size, align) with this granule; an
+ * allocator whose top_key is at least that serves the request in one search.
+ * PA_TLSF_NO_KEY: no class can guarantee it (the fallback scan may still fit). */
+#define PA_TLSF_NO_KEY 0xffffffffu
+#define PA_TLSF_KEYS (64u * 32u + 1u)
+unsigned pa_tlsf_top_key(const pa_tlsf *t);
+unsigned pa_tlsf_search_key(size_t granule, size_t size, size_t align);
 /* Test hook: size classes and free blocks examined by pa_tlsf_alloc so far;
  * bounded by a constant per call, however many blocks there are. */
 uint64_t pa_tlsf_steps(const pa_tlsf *t);

@@ -271,8 +271,23 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     a->serial = 0;
     memset(&a->block, 0, sizeof(a->block));
 
-    int rc = pa_alloc_below(b->be, nbytes, alignment, flags, max_addr, &a->block, &err);
+    /* pa_alloc may release the GIL while it waits for the backend lock
+     * (pa_set_waiter): the pin keeps close() + the last free from closing
+     * the backend meanwhile */
+    b->pins++;
+    int rc;
+    if (nbytes >= PA_ALLOC_GIL_BYTES) {
+        /* zeroing a large block (and cleaning its lines) lets other threads run */
+        pa_backend *be = b->be;
+        Py_BEGIN_ALLOW_THREADS
+        rc = pa_alloc_below(be, nbytes, alignment, flags, max_addr, &a->block, &err);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = pa_alloc_below(b->be, nbytes, alignment, flags, max_addr, &a->block, &err);
+    }
+    b->pins--;
     if (rc < 0) {
+        pa_py_backend_settle(b);
         pa_py_raise(rc, &err);
         goto fail;
     }

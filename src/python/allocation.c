@@ -90,7 +90,19 @@ void pa_py_allocation_release(AllocationObject *a)
     }
     a->backend = NULL;
     if (b->be != NULL) {
-        pa_free(b->be, &a->block);
+        pa_backend *be = b->be;
+        /* pinned: with the GIL released (here for a large block, or by
+         * pa_lock while it waits), another thread's settle could otherwise
+         * see no buffers and close be while ops->free still runs */
+        b->pins++;
+        if (a->block.size >= PA_ALLOC_GIL_BYTES) {
+            Py_BEGIN_ALLOW_THREADS
+            pa_free(be, &a->block);
+            Py_END_ALLOW_THREADS
+        } else {
+            pa_free(be, &a->block);
+        }
+        b->pins--;
         pa_py_backend_settle(b);
     }
     Py_DECREF(b);

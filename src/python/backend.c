@@ -222,7 +222,14 @@ static PyObject *backend_info(PyObject *op, PyObject *unused)
                              Py_None, "closed", Py_True);
     }
     pa_info info;
-    pa_get_info(self->be, &info);
+    pa_backend *be = self->be;
+    self->pins++; /* pa_get_info may release the GIL while it waits for the lock */
+    pa_get_info(be, &info);
+    self->pins--;
+    pa_py_backend_settle(self);
+    if (self->be == NULL) {
+        return backend_info(op, unused); /* closed meanwhile: report it closed */
+    }
     PyObject *res = Py_BuildValue(
         "{s:s,s:O,s:K,s:K,s:K,s:K,s:K,s:O,s:O,s:n,s:O,s:s}", "name", self->be->ops->name, "spec",
         self->spec, "total", (unsigned long long)info.total, "used",

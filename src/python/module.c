@@ -560,8 +560,32 @@ static struct PyModuleDef pa_module = {
     .m_free = pa_free_module,
 };
 
+/* The core's waits (pa_lock, pa_range_acquire) come here: a thread that
+ * holds the GIL lets the other Python threads run while it blocks. Called
+ * without the GIL too (syncs of large ranges, the core's own threads). */
+static void pa_py_waiter(void (*block)(void *), void *arg)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    PyThreadState *ts = PyThreadState_GetUnchecked();
+#else
+    PyThreadState *ts = _PyThreadState_UncheckedGet();
+#endif
+    /* Before 3.12 the "current" thread state is the GIL holder's, whichever
+     * thread that is: this thread holds the GIL only when it is its own. Any
+     * doubt (a sub-interpreter's thread) errs towards blocking with the GIL,
+     * never towards releasing a GIL this thread does not hold. */
+    if (ts == NULL || ts != PyGILState_GetThisThreadState()) {
+        block(arg);
+        return;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    block(arg);
+    Py_END_ALLOW_THREADS
+}
+
 PyMODINIT_FUNC PyInit__pynq_alloc(void)
 {
+    pa_set_waiter(pa_py_waiter);
     import_array();
     return PyModuleDef_Init(&pa_module);
 }

@@ -22,6 +22,7 @@ mkdir -p "$BIN"
 sources_for() {
     case "$1" in
         test_tlsf) echo src/core/tlsf.c ;;
+        test_regidx) echo src/core/regidx.c src/core/tlsf.c ;;
         test_cache) echo src/core/cache.c ;;
         test_pool) echo src/core/pool.c src/core/tlsf.c ;;
         *) echo src/core/*.c ;;
