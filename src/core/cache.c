@@ -95,78 +95,44 @@ const char *pa_cache_method(void)
     __asm__ volatile(".byte 0x66, 0x0f, 0xae, 0x38" : : "a"(a) : "memory")
 #define PA_CACHE_CLFLUSH_LINE(a) __asm__ volatile("clflush (%0)" : : "r"(a) : "memory")
 
-static int pa_cache_x86(void *p, size_t len, bool invalidate)
+/* the architecture's part of pa_cache_ranges: what to run per line, and
+ * the barrier after the last one */
+typedef struct pa_cache_how {
+    size_t line;
+    unsigned method;
+} pa_cache_how;
+
+static pa_cache_how pa_cache_setup(void)
 {
-    if (len == 0) {
-        return 0;
-    }
     unsigned w = pa_cache_probe();
-    size_t line = w & 0xffff;
-    unsigned method = w >> 16;
-    uintptr_t a;
-    size_t n;
-    if (pa_cache_span(p, len, line, &a, &n) < 0) {
-        return -EINVAL;
-    }
-    if (method == PA_CACHE_CLWB && !invalidate) {
-        for (; n > 0; n--, a += line) {
+    pa_cache_how h = {w & 0xffff, w >> 16};
+    return h;
+}
+
+static void pa_cache_lines(pa_cache_how h, uintptr_t a, size_t n, bool invalidate)
+{
+    if (h.method == PA_CACHE_CLWB && !invalidate) {
+        for (; n > 0; n--, a += h.line) {
             PA_CACHE_CLWB_LINE(a);
         }
-        __asm__ volatile("sfence" : : : "memory");
-    } else if (method >= PA_CACHE_CLFLUSHOPT) {
-        for (; n > 0; n--, a += line) {
+    } else if (h.method >= PA_CACHE_CLFLUSHOPT) {
+        for (; n > 0; n--, a += h.line) {
             PA_CACHE_CLFLUSHOPT_LINE(a);
         }
-        __asm__ volatile("sfence" : : : "memory");
     } else {
-        for (; n > 0; n--, a += line) {
+        for (; n > 0; n--, a += h.line) {
             PA_CACHE_CLFLUSH_LINE(a);
         }
+    }
+}
+
+static void pa_cache_fence(pa_cache_how h, bool invalidate)
+{
+    if (h.method == PA_CACHE_CLWB && !invalidate) {
+        __asm__ volatile("sfence" : : : "memory"); /* orders CLWB's write-backs */
+    } else {
         __asm__ volatile("mfence" : : : "memory");
     }
-    return 0;
-}
-
-int pa_cache_clean(void *p, size_t len)
-{
-    return pa_cache_x86(p, len, false);
-}
-
-int pa_cache_ranges(char *base, const size_t *pairs, size_t n, bool invalidate)
-{
-    unsigned w = pa_cache_probe();
-    size_t line = w & 0xffff;
-    unsigned method = w >> 16;
-    for (size_t i = 0; i < n; i++) {
-        uintptr_t a;
-        size_t k;
-        if (pairs[2 * i + 1] == 0) {
-            continue;
-        }
-        if (pa_cache_span(base + pairs[2 * i], pairs[2 * i + 1], line, &a, &k) < 0) {
-            return -EINVAL;
-        }
-        if (method == PA_CACHE_CLWB && !invalidate) {
-            for (; k > 0; k--, a += line) {
-                PA_CACHE_CLWB_LINE(a);
-            }
-        } else if (method >= PA_CACHE_CLFLUSHOPT) {
-            for (; k > 0; k--, a += line) {
-                PA_CACHE_CLFLUSHOPT_LINE(a);
-            }
-        } else {
-            for (; k > 0; k--, a += line) {
-                PA_CACHE_CLFLUSH_LINE(a);
-            }
-        }
-    }
-    __asm__ volatile("mfence" : : : "memory");
-    return 0;
-}
-
-int pa_cache_clean_invalidate(void *p, size_t len)
-{
-    return pa_cache_x86(p, len, true);
 }
 
 #elif defined(__aarch64__)
@@ -189,64 +155,68 @@ const char *pa_cache_method(void)
     return "dc cvac/dc civac";
 }
 
-int pa_cache_clean(void *p, size_t len)
+typedef struct pa_cache_how {
+    size_t line;
+} pa_cache_how;
+
+static pa_cache_how pa_cache_setup(void)
 {
-    if (len == 0) {
-        return 0;
-    }
-    size_t line = pa_cache_line_size();
-    uintptr_t a;
-    size_t n;
-    if (pa_cache_span(p, len, line, &a, &n) < 0) {
-        return -EINVAL;
-    }
-    for (; n > 0; n--, a += line) {
-        __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
-    }
-    __asm__ volatile("dsb sy" : : : "memory");
-    return 0;
+    pa_cache_how h = {pa_cache_line_size()};
+    return h;
 }
+
+static void pa_cache_lines(pa_cache_how h, uintptr_t a, size_t n, bool invalidate)
+{
+    if (invalidate) {
+        for (; n > 0; n--, a += h.line) {
+            __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
+        }
+    } else {
+        for (; n > 0; n--, a += h.line) {
+            __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
+        }
+    }
+}
+
+static void pa_cache_fence(pa_cache_how h, bool invalidate)
+{
+    (void)h;
+    (void)invalidate;
+    __asm__ volatile("dsb sy" : : : "memory");
+}
+
+#endif
+
+#if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
 
 int pa_cache_ranges(char *base, const size_t *pairs, size_t n, bool invalidate)
 {
-    size_t line = pa_cache_line_size();
+    pa_cache_how h = pa_cache_setup();
     for (size_t i = 0; i < n; i++) {
         uintptr_t a;
         size_t k;
         if (pairs[2 * i + 1] == 0) {
             continue;
         }
-        if (pa_cache_span(base + pairs[2 * i], pairs[2 * i + 1], line, &a, &k) < 0) {
+        if (pa_cache_span(base + pairs[2 * i], pairs[2 * i + 1], h.line, &a, &k) < 0) {
             return -EINVAL;
         }
-        for (; k > 0; k--, a += line) {
-            if (invalidate) {
-                __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
-            } else {
-                __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
-            }
-        }
+        pa_cache_lines(h, a, k, invalidate);
     }
-    __asm__ volatile("dsb sy" : : : "memory");
+    pa_cache_fence(h, invalidate);
     return 0;
+}
+
+int pa_cache_clean(void *p, size_t len)
+{
+    size_t pair[2] = {0, len};
+    return len == 0 ? 0 : pa_cache_ranges(p, pair, 1, false);
 }
 
 int pa_cache_clean_invalidate(void *p, size_t len)
 {
-    if (len == 0) {
-        return 0;
-    }
-    size_t line = pa_cache_line_size();
-    uintptr_t a;
-    size_t n;
-    if (pa_cache_span(p, len, line, &a, &n) < 0) {
-        return -EINVAL;
-    }
-    for (; n > 0; n--, a += line) {
-        __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
-    }
-    __asm__ volatile("dsb sy" : : : "memory");
-    return 0;
+    size_t pair[2] = {0, len};
+    return len == 0 ? 0 : pa_cache_ranges(p, pair, 1, true);
 }
 
 #else
