@@ -264,12 +264,7 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
     if (a == NULL) {
         goto fail;
     }
-    a->backend = NULL;
-    a->views = a->exports = a->busy = 0;
-    a->anchor = a->root = NULL;
-    a->live_prev = a->live_next = NULL;
-    a->serial = 0;
-    memset(&a->block, 0, sizeof(a->block));
+    pa_py_allocation_init(a);
 
     /* pa_alloc may release the GIL while it waits for the backend lock
      * (pa_set_waiter): the pin keeps close() + the last free from closing

@@ -19,6 +19,16 @@ static _Alignas(64) char pa_empty_data[64];
 static AllocationObject *pa_live_head;
 static unsigned long long pa_live_serial;
 
+void pa_py_allocation_init(AllocationObject *a)
+{
+    a->backend = NULL;
+    a->views = a->exports = a->busy = 0;
+    a->anchor = a->root = NULL;
+    a->live_prev = a->live_next = NULL;
+    a->serial = 0;
+    memset(&a->block, 0, sizeof(a->block));
+}
+
 void pa_py_allocation_list(AllocationObject *a)
 {
     a->serial = ++pa_live_serial;

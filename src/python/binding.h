@@ -106,6 +106,8 @@ void pa_py_extent(PyArrayObject *arr, char **lo, char **hi);
 /* allocation.c: lifetime and counting */
 /* release the core block (idempotent); closes the core backend if it was the last */
 void pa_py_allocation_release(AllocationObject *a);
+/* the fields of a new Allocation (or wrap) before it holds anything */
+void pa_py_allocation_init(AllocationObject *a);
 /* a now holds a block from its backend: list it (unlisted when the block goes) */
 void pa_py_allocation_list(AllocationObject *a);
 /* Backend._live(): (serial, device_address, nbytes, shape, dtype) of b's blocks */

@@ -167,12 +167,7 @@ PyObject *pa_py_wrap(PyObject *obj, PyObject *device_address, PyObject *coherent
         goto fail;
     }
     AllocationObject *a = &w->base;
-    a->backend = NULL;
-    a->views = a->exports = a->busy = 0;
-    a->anchor = a->root = NULL;
-    a->live_prev = a->live_next = NULL;
-    a->serial = 0; /* another owner's memory: not listed as a backend's block */
-    memset(&a->block, 0, sizeof(a->block));
+    pa_py_allocation_init(a); /* another owner's memory: never listed as a backend's block */
     w->have_view = 0;
     w->owner = NULL;
     w->on_free = NULL;
