@@ -18,18 +18,29 @@
 enum { SIM_ALLOC = 1, SIM_COHERENT = 2, SIM_DEVWROTE = 4 };
 enum { SIM_CHECK_OFF = 0, SIM_CHECK_WARN = 1, SIM_CHECK_RAISE = 2 };
 
-/* blocks at least this large are returned to the kernel on free and zeroed by
- * the kernel (MADV_DONTNEED) rather than memset on alloc */
-#define SIM_BIG (256u * 1024u)
+/* Freed blocks stay mapped and are zeroed on reuse (memset: glibc switches to
+ * non-temporal stores for large ones), so a buffer allocated again does not
+ * fault its pages in again. Blocks of SIM_KEEP bytes or more are the high-water
+ * mark: they go back to the kernel on free (MADV_DONTNEED), and a block that
+ * large is zeroed by the kernel on allocate rather than memset. Memory above
+ * `touched` (never handed out) is still the kernel's zero pages: no zeroing. */
+#define SIM_KEEP ((size_t)64 << 20)
+#define SIM_PG ((size_t)4096 / PA_LINE) /* lines per flag page */
 
 typedef struct pa_sim {
     uint8_t *cpu;   /* CPU view: cache contents as the CPU sees them */
     uint8_t *dev;   /* memory as the device sees it */
     uint8_t *agreed; /* lines with SIM_DEVWROTE: what CPU and memory last agreed on */
     uint8_t *lines; /* per cache line: SIM_* flags */
+    /* per page of SIM_PG lines lying wholly inside one live block: that
+     * block's SIM_ALLOC | SIM_COHERENT (the lines' own bytes then hold only
+     * SIM_DEVWROTE), so allocate/free of a big block write a byte per page */
+    uint8_t *pg;
+    uint8_t *pgdirty; /* per page: lines[] may hold nonzero bytes there */
     size_t size;
     uint64_t base;
     int check;
+    size_t touched; /* offsets at and above it were never handed out: still zero */
     pa_tlsf *tlsf;
 } pa_sim;
 
@@ -39,7 +50,15 @@ static void *pa_sim_map(size_t size)
 {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
                    -1, 0);
-    return p == MAP_FAILED ? NULL : p;
+    if (p == MAP_FAILED) {
+        return NULL;
+    }
+#ifdef MADV_HUGEPAGE
+    /* transparent huge pages where the kernel allows them: 2 MiB per fault
+     * instead of 4 KiB (best effort: a refusal changes nothing else) */
+    (void)madvise(p, size, MADV_HUGEPAGE);
+#endif
+    return p;
 }
 
 /* The CPU side is aligned like the device side (to the largest power of two
@@ -81,12 +100,25 @@ static void pa_sim_unmap(void *p, size_t size)
     }
 }
 
+static size_t pa_sim_npages(const pa_sim *s)
+{
+    return (s->size / PA_LINE + SIM_PG - 1) / SIM_PG;
+}
+
+/* a line's SIM_* flags: its own, and its page's when the page is uniform */
+static uint8_t pa_sim_flags(const pa_sim *s, size_t line)
+{
+    return (uint8_t)(s->lines[line] | s->pg[line / SIM_PG]);
+}
+
 static void pa_sim_release(pa_sim *s)
 {
     pa_sim_unmap(s->cpu, s->size);
     pa_sim_unmap(s->dev, s->size);
     pa_sim_unmap(s->agreed, s->size);
     pa_sim_unmap(s->lines, s->size / PA_LINE);
+    pa_sim_unmap(s->pg, pa_sim_npages(s));
+    pa_sim_unmap(s->pgdirty, pa_sim_npages(s));
     if (s->tlsf != NULL) {
         pa_tlsf_destroy(s->tlsf);
     }
@@ -155,7 +187,9 @@ static int pa_sim_open(pa_backend *be, const char *arg, const pa_option *opts, s
     s->check = check;
     s->cpu = pa_sim_map_aligned(s->size, pa_sim_cpu_align(s->size));
     s->lines = pa_sim_map(s->size / PA_LINE);
-    if (s->cpu == NULL || s->lines == NULL) {
+    s->pg = pa_sim_map(pa_sim_npages(s));
+    s->pgdirty = pa_sim_map(pa_sim_npages(s));
+    if (s->cpu == NULL || s->lines == NULL || s->pg == NULL || s->pgdirty == NULL) {
         goto fail_map;
     }
     if (!coherent) {
@@ -189,16 +223,31 @@ fail_map:
                      (unsigned long long)size, strerror(rc));
 }
 
-/* zero [off, off+len) of one mapping, letting the kernel do it for big ranges */
-static void pa_sim_zero(uint8_t *map, size_t off, size_t len)
+/* page-aligned part of [off, off+len), or lo == hi */
+static void pa_sim_pages(size_t off, size_t len, size_t *lo, size_t *hi)
 {
-    if (map == NULL) {
+    size_t page = 4096;
+    *lo = (off + page - 1) & ~(page - 1);
+    *hi = (off + len) & ~(page - 1);
+    if (*lo > *hi) {
+        *hi = *lo;
+    }
+}
+
+/* zero [off, off+len) of one mapping: only below s->touched (above it the
+ * kernel's pages are still zero); blocks of SIM_KEEP or more were handed back
+ * to the kernel on free, so it zeroes them (MADV_DONTNEED), the rest is memset */
+static void pa_sim_zero(const pa_sim *s, uint8_t *map, size_t off, size_t len)
+{
+    if (map == NULL || off >= s->touched) {
         return;
     }
-    if (len >= SIM_BIG) {
-        size_t page = 4096;
-        size_t lo = (off + page - 1) & ~(page - 1);
-        size_t hi = (off + len) & ~(page - 1);
+    if (off + len > s->touched) {
+        len = s->touched - off;
+    }
+    if (len >= SIM_KEEP) {
+        size_t lo, hi;
+        pa_sim_pages(off, len, &lo, &hi);
         if (lo < hi && madvise(map + lo, hi - lo, MADV_DONTNEED) == 0) {
             memset(map + off, 0, lo - off);
             memset(map + hi, 0, off + len - hi);
@@ -206,6 +255,55 @@ static void pa_sim_zero(uint8_t *map, size_t off, size_t len)
         }
     }
     memset(map + off, 0, len);
+}
+
+/* sets lines [a, b) to f (all within one block) */
+static void pa_sim_set_lines(pa_sim *s, size_t a, size_t b, uint8_t f)
+{
+    if (a < b) {
+        memset(s->lines + a, f, b - a);
+        if (f != 0) {
+            memset(s->pgdirty + a / SIM_PG, 1, (b - 1) / SIM_PG - a / SIM_PG + 1);
+        }
+    }
+}
+
+/* the pages wholly inside lines [l0, l1): [*p0, *p1), empty when p0 >= p1 */
+static void pa_sim_whole_pages(size_t l0, size_t l1, size_t *p0, size_t *p1)
+{
+    *p0 = (l0 + SIM_PG - 1) / SIM_PG;
+    *p1 = l1 / SIM_PG;
+}
+
+/* marks lines [l0, l1) with f: edge lines one by one, whole pages by their
+ * page byte; f == 0 clears them, SIM_DEVWROTE included */
+static void pa_sim_mark(pa_sim *s, size_t l0, size_t l1, uint8_t f)
+{
+    size_t p0, p1;
+    pa_sim_whole_pages(l0, l1, &p0, &p1);
+    if (p0 >= p1) {
+        pa_sim_set_lines(s, l0, l1, f);
+        return;
+    }
+    pa_sim_set_lines(s, l0, p0 * SIM_PG, f);
+    pa_sim_set_lines(s, p1 * SIM_PG, l1, f);
+    if (f == 0) {
+        /* whole pages: only those whose lines hold something (SIM_DEVWROTE) */
+        size_t p = p0;
+        while (p < p1) {
+            uint64_t w;
+            if ((p & 7) == 0 && p + 8 <= p1 && (memcpy(&w, s->pgdirty + p, 8), w == 0)) {
+                p += 8;
+                continue;
+            }
+            if (s->pgdirty[p]) {
+                memset(s->lines + p * SIM_PG, 0, SIM_PG);
+                s->pgdirty[p] = 0;
+            }
+            p++;
+        }
+    }
+    memset(s->pg + p0, f, p1 - p0);
 }
 
 static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk,
@@ -259,9 +357,17 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     bool coherent = (flags & PA_CACHED) == 0 || be->cached_coherent;
     off += skip; /* the skipped lines stay unallocated for the device */
     got -= skip;
-    pa_sim_zero(s->cpu, off, got);
-    pa_sim_zero(s->dev, off, got);
-    memset(s->lines + off / PA_LINE, SIM_ALLOC | (coherent ? SIM_COHERENT : 0), got / PA_LINE);
+    pa_sim_zero(s, s->cpu, off, got);
+    if (!coherent) {
+        /* a coherent block's lines live in CPU memory: the device side is
+         * never read for them (zeroed when a non-coherent block reuses it) */
+        pa_sim_zero(s, s->dev, off, got);
+    }
+    if (off + got > s->touched) {
+        s->touched = off + got;
+    }
+    pa_sim_mark(s, off / PA_LINE, (off + got) / PA_LINE,
+                (uint8_t)(SIM_ALLOC | (coherent ? SIM_COHERENT : 0)));
     blk->cpu = s->cpu + off;
     blk->device_address = s->base + off;
     blk->size = got;
@@ -275,19 +381,24 @@ static void pa_sim_free(pa_backend *be, pa_block *blk)
 {
     pa_sim *s = be->priv;
     size_t off = (size_t)blk->aux;
-    memset(s->lines + off / PA_LINE, 0, blk->size / PA_LINE);
-    if (blk->size >= SIM_BIG) {
-        /* hand the pages back so RSS follows the live buffers */
-        size_t page = 4096;
-        size_t lo = (off + page - 1) & ~(page - 1);
-        size_t hi = (off + blk->size) & ~(page - 1);
+    pa_sim_mark(s, off / PA_LINE, (off + blk->size) / PA_LINE, 0);
+    if (blk->size >= SIM_KEEP) {
+        /* past the high-water mark: hand the pages back so RSS follows the
+         * live buffers */
+        size_t lo, hi;
+        pa_sim_pages(off, blk->size, &lo, &hi);
         if (lo < hi) {
-            madvise(s->cpu + lo, hi - lo, MADV_DONTNEED);
-            if (s->dev != NULL) {
-                madvise(s->dev + lo, hi - lo, MADV_DONTNEED);
+            int rc = madvise(s->cpu + lo, hi - lo, MADV_DONTNEED);
+            if (rc == 0 && s->dev != NULL) {
+                rc = madvise(s->dev + lo, hi - lo, MADV_DONTNEED);
             }
             if (s->agreed != NULL) {
                 madvise(s->agreed + lo, hi - lo, MADV_DONTNEED);
+            }
+            /* the block was the top of what was ever handed out: what lies
+             * above lo is zero again, so a new block there needs no zeroing */
+            if (rc == 0 && off + blk->size >= s->touched && off == lo && hi == off + blk->size) {
+                s->touched = lo;
             }
         }
     }
@@ -317,7 +428,7 @@ static size_t pa_sim_scan_dirty(const pa_sim *s, size_t lo, size_t hi, size_t *f
 {
     size_t n = 0;
     for (size_t off = lo; off < hi; off += PA_LINE) {
-        if ((s->lines[off / PA_LINE] & SIM_COHERENT) == 0 && pa_sim_line_dirty(s, off)) {
+        if ((pa_sim_flags(s, off / PA_LINE) & SIM_COHERENT) == 0 && pa_sim_line_dirty(s, off)) {
             if (n++ == 0) {
                 *first = off;
             }
@@ -524,7 +635,7 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
     pa_range_acquire(be, &r, lo, hi);
     pa_lock(&be->lock);
     for (size_t o = lo; o < hi; o += PA_LINE) {
-        if ((s->lines[o / PA_LINE] & SIM_ALLOC) == 0) {
+        if ((pa_sim_flags(s, o / PA_LINE) & SIM_ALLOC) == 0) {
             pthread_mutex_unlock(&be->lock);
             pa_range_release(be, &r);
             return pa_seterr(err, EFAULT,
@@ -556,9 +667,9 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
     uint8_t *p = buf;
     for (size_t o = start; o < start + len;) {
         size_t line = o / PA_LINE;
-        bool coh = (s->lines[line] & SIM_COHERENT) != 0 || s->dev == NULL;
+        bool coh = (pa_sim_flags(s, line) & SIM_COHERENT) != 0 || s->dev == NULL;
         size_t end = o;
-        while (end < start + len && (((s->lines[end / PA_LINE] & SIM_COHERENT) != 0 ||
+        while (end < start + len && (((pa_sim_flags(s, end / PA_LINE) & SIM_COHERENT) != 0 ||
                                       s->dev == NULL) == coh)) {
             end = (end / PA_LINE + 1) * PA_LINE;
         }
@@ -573,6 +684,7 @@ int pa_sim_device_access(pa_backend *be, uint64_t addr, void *buf, size_t len, b
                 if ((s->lines[l] & SIM_DEVWROTE) == 0) {
                     memcpy(s->agreed + l * PA_LINE, s->dev + l * PA_LINE, PA_LINE);
                     s->lines[l] |= SIM_DEVWROTE;
+                    s->pgdirty[l / SIM_PG] = 1;
                 }
             }
             /* the source may be a Buffer over this very memory */
