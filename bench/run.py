@@ -180,6 +180,99 @@ def latency_under_flush(be, flusher_buf, n_alloc, repeats):
     return t_busy, t_idle, statistics.median(ratios)
 
 
+class BestFit:
+    """Best-fit over one region (smallest free block that fits, lowest address
+    on a tie; neighbours coalesce on free): the reference for the churn figure."""
+
+    def __init__(self, size):
+        self.free = [(0, size)]  # sorted by offset, never adjacent
+        self.used = {}
+
+    def alloc(self, size):
+        best = None
+        for i, (off, n) in enumerate(self.free):
+            if n >= size and (best is None or n < self.free[best][1]):
+                best = i
+        if best is None:
+            return None
+        off, n = self.free[best]
+        if n == size:
+            del self.free[best]
+        else:
+            self.free[best] = (off + size, n - size)
+        self.used[off] = size
+        return off
+
+    def release(self, off):
+        import bisect
+        size = self.used.pop(off)
+        i = bisect.bisect(self.free, (off, 0))
+        if i < len(self.free) and off + size == self.free[i][0]:
+            size += self.free[i][1]
+            del self.free[i]
+        if i > 0 and self.free[i - 1][0] + self.free[i - 1][1] == off:
+            off, size = self.free[i - 1][0], self.free[i - 1][1] + size
+            del self.free[i - 1]
+            i -= 1
+        self.free.insert(i, (off, size))
+
+    def largest(self):
+        return max((n for _, n in self.free), default=0)
+
+
+def churn_figure(q):
+    """Largest allocatable block after a random churn of allocations (64 B -
+    4 MiB, log-uniform, 64 B granules) and frees on sim, against best-fit
+    replaying the same trace. An allocation that fails in either is dropped
+    from both, so both see the same live set throughout."""
+    import random
+    rng = random.Random(13)
+    region = (64 << 20) if q else (256 << 20)
+    ops = 2000 if q else 20_000
+    be = pynq_alloc.open_backend("sim", size=region)
+    bf = BestFit(region)
+    live, live_bytes = [], 0
+    for _ in range(ops):
+        if live and (rng.random() < 0.5 or live_bytes > region // 2):
+            buf, off = live.pop(rng.randrange(len(live)))
+            live_bytes -= buf.nbytes
+            del buf
+            bf.release(off)
+            continue
+        size = -(-int(2 ** rng.uniform(6, 22)) // 64) * 64
+        off = bf.alloc(size)
+        try:
+            buf = be.allocate(size, "u1", align=64)
+        except MemoryError:
+            if off is not None:
+                bf.release(off)
+            continue
+        if off is None:
+            del buf
+            continue
+        live.append((buf, off))
+        live_bytes += size
+    lo, hi = 0, region // 64  # largest allocatable size in granules: binary search
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            probe = be.allocate(mid * 64, "u1", align=64)
+        except MemoryError:
+            hi = mid - 1
+        else:
+            del probe
+            lo = mid
+    ours, ref = lo * 64, bf.largest()
+    ratio = ours / ref if ref else float("inf")
+    ROWS.append(dict(name=f"largest allocatable block after a {ops}-operation churn (64 B - "
+                     f"4 MiB, {len(live)} left live) in {region >> 20} MiB, sim",
+                     baseline="best-fit on the same trace", ours=[ours], base=[ref],
+                     ratio=None, goal=None, pynq=None, unit="B", ok=ratio >= 1.0,
+                     note=f"{ratio:.2f}x (goal >= 1.0x)"))
+    del live
+    be.close()
+
+
 def round_two(q, repeats, huge, glb, number):
     """Issue 13's figures (big buffers, many buffers, busy threads)."""
     # 1. hugepage allocate(64) (default align=4096) with many live buffers vs none
@@ -257,6 +350,8 @@ def round_two(q, repeats, huge, glb, number):
         big_figure(f"allocate + write every byte, {n >> 20} MiB, sim", write_ours, write_numpy,
                    lambda: None, repeats, 1.2, "numpy.zeros + write")
         simw.close()
+
+    churn_figure(q)
 
     # 4. time to first use of a 256 MiB buffer (allocate + a[0] = 1) vs numpy.zeros,
     # and how much a pure-Python thread keeps running during that allocate
