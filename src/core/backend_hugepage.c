@@ -818,8 +818,8 @@ static int pa_huge_sync(pa_backend *be, const pa_block *blk, size_t off, size_t 
 }
 
 /* a sparse view's runs: the lines of each, one barrier at the end */
-static int pa_huge_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r,
-                             pa_sync_dir dir, pa_err *err)
+static int pa_huge_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r, pa_sync_dir dir,
+                             pa_err *err)
 {
     (void)be;
     if (!pa_cache_user_maintenance()) {

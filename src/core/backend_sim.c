@@ -521,8 +521,8 @@ static int pa_sim_check_flush(const pa_sim *s, const pa_block *blk, size_t lo, s
 
 /* syncs lines [lo, hi) (offsets in the region, line-aligned) of blk; the
  * caller holds a range over them */
-static int pa_sim_sync_range(pa_sim *s, const pa_block *blk, size_t lo, size_t hi,
-                             pa_sync_dir dir, pa_err *err)
+static int pa_sim_sync_range(pa_sim *s, const pa_block *blk, size_t lo, size_t hi, pa_sync_dir dir,
+                             pa_err *err)
 {
     int report = 0;
 
@@ -635,8 +635,8 @@ static inline bool pa_sim_stream_lines(pa_sim *s, size_t l0, size_t l1)
 
 /* a sparse view's runs: one range lock over all of them, then each range of
  * lines the walk gives (neighbours sharing a line merged) */
-static int pa_sim_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r,
-                            pa_sync_dir dir, pa_err *err)
+static int pa_sim_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r, pa_sync_dir dir,
+                            pa_err *err)
 {
     pa_sim *s = be->priv;
     size_t base = (size_t)blk->aux, first = 0, last = 0, count = 0, lo, hi;

@@ -152,9 +152,9 @@ static void pa_cache_fence(pa_cache_how h, bool invalidate)
     do {                                                                                           \
         size_t lo_, hi_;                                                                           \
         while (pa_runs_next(&(it), &lo_, &hi_)) {                                                  \
-            /* counted, not compared: hi_ is 0 after the top line */                           \
+            /* counted, not compared: hi_ is 0 after the top line */                               \
             uintptr_t a_ = lo_;                                                                    \
-            for (size_t n_ = (hi_ - lo_) >> shift; n_ > 0; n_--, a_ += h.line) {                  \
+            for (size_t n_ = (hi_ - lo_) >> shift; n_ > 0; n_--, a_ += h.line) {                   \
                 op(a_);                                                                            \
             }                                                                                      \
         }                                                                                          \

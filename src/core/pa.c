@@ -505,8 +505,10 @@ int pa_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r, pa_sync_
     }
     if (blk->foreign && pa_cache_user_maintenance()) {
         int rc = pa_cache_runs(blk->cpu, r, dir == PA_FROM_DEVICE);
-        return rc < 0 ? pa_seterr(err, -rc, "cache maintenance (%s) over wrapped memory failed: "
-                                  "%s", pa_cache_method(), strerror(-rc))
+        return rc < 0 ? pa_seterr(err, -rc,
+                                  "cache maintenance (%s) over wrapped memory failed: "
+                                  "%s",
+                                  pa_cache_method(), strerror(-rc))
                       : 0;
     }
     if (!blk->foreign && be->ops->sync_runs != NULL) {

@@ -19,9 +19,9 @@
  * at off + sum(i_d * strides[d]) bytes from the block's start, the last
  * dimension fastest */
 typedef struct pa_runs {
-    size_t off;  /* the first run's first byte */
-    size_t len;  /* bytes per run, > 0 */
-    int ndim;    /* 0 (a single run) .. PA_RUNS_MAXDIM */
+    size_t off;                        /* the first run's first byte */
+    size_t len;                        /* bytes per run, > 0 */
+    int ndim;                          /* 0 (a single run) .. PA_RUNS_MAXDIM */
     size_t dims[PA_RUNS_MAXDIM];       /* each >= 1 */
     ptrdiff_t strides[PA_RUNS_MAXDIM]; /* bytes, any sign */
 } pa_runs;
