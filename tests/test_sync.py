@@ -215,9 +215,10 @@ def byte_lines(base, make):
 
 
 def per_run(view):
-    """The documented rule (README, "flush/invalidate of strided views"): runs are
-    the stretches the trailing contiguous dimensions form; per run when
-    (run_bytes // 64 + 2) * runs * 2 <= extent_bytes // 64 + 2."""
+    """The documented rule (README, "flush() and invalidate()"): the runs are the
+    stretches the trailing contiguous dimensions form; per run when
+    runs * (lines per run + 1) <= the lines of the extent, lines per run exact
+    when every outer stride is whole lines, else the most a run can touch."""
     dims = [(n, s) for n, s in zip(view.shape, view.strides) if n != 1]
     run = view.itemsize
     while dims and dims[-1][1] == run:
@@ -225,9 +226,14 @@ def per_run(view):
     if not dims:
         return False
     runs = int(np.prod([n for n, _ in dims]))
-    lo = sum(s * (n - 1) for n, s in dims if s < 0)
-    hi = sum(s * (n - 1) for n, s in dims if s > 0) + run
-    return (run // LINE + 2) * runs * 2 <= (hi - lo) // LINE + 2
+    first = view.__array_interface__["data"][0]
+    lo = first + sum(s * (n - 1) for n, s in dims if s < 0)
+    hi = first + sum(s * (n - 1) for n, s in dims if s > 0) + run
+    if all(s % LINE == 0 for _, s in dims):
+        each = (first % LINE + run + LINE - 1) // LINE
+    else:
+        each = (run + 2 * LINE - 2) // LINE
+    return runs * (each + 1) <= (lo % LINE + hi - lo + LINE - 1) // LINE
 
 
 # name: (view of an (8, 16, 256) u4 buffer, synced per run by the rule)
@@ -239,7 +245,8 @@ STRIDED = {
     "every 64th element": (lambda b: b[:, 1:, ::64], True),
     "two elements backwards, one line": (lambda b: b[:, :, 3:1:-1], True),
     "many elements backwards": (lambda b: b[2:5, :, 200:180:-1], False),
-    "dense": (lambda b: b[:, :, :200], False),
+    "13 of every 16 lines": (lambda b: b[:, :, :200], True),
+    "dense (every 3rd element of 100)": (lambda b: b[:, :, :100:3], False),
 }
 
 

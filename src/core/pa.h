@@ -66,6 +66,11 @@ typedef struct pa_info {
 
 typedef struct pa_backend pa_backend;
 
+/* sync_run_lines (below) of CPU cache maintenance by address (hugepage, and
+ * wrapped memory): a run's lines are a separate miss each, where a
+ * contiguous sync streams; measured on x86 (clwb), same for sim's copy */
+#define PA_CPU_RUN_LINES 1
+
 /* A range of cache lines one thread is working on (pa_range_acquire):
  * kept on that thread's stack while it works. */
 typedef struct pa_range {
@@ -76,10 +81,13 @@ typedef struct pa_range {
 typedef struct pa_ops {
     const char *name;
     bool board; /* probed for the default backend (sim and hugepage are not) */
-    /* one sync call costs CPU cache instructions (or a copy), no system call:
-     * a sparse strided view is synchronised run by run (see the binding's
-     * buffer_sync); otherwise its whole extent in one call */
-    bool sync_per_run;
+    /* A sparse strided view is synchronised run by run (sync_runs) when
+     * runs * (lines per run + sync_run_lines) <= the lines of its extent,
+     * else its whole extent in one call (the binding's buffer_sync).
+     * sync_run_lines is what one more run costs, in lines of a contiguous
+     * sync, measured by bench/crossover.py; 0: always the whole extent (a
+     * system call per run costs far more than the lines it saves). */
+    unsigned sync_run_lines;
     /* arg: what followed "name:" in the spec, or NULL */
     int (*open)(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts, pa_err *err);
     /* size > 0, a multiple of PA_LINE; align a power of two >= PA_LINE.

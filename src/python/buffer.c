@@ -124,11 +124,10 @@ static PyObject *buffer_not_backed(BufferObject *buf, const char *what)
 
 /* A strided view is synchronised run by run (the contiguous stretches of its
  * elements, neighbours sharing a cache line merged; pa_sync_runs walks them
- * from their description, see runs.h) when its backend syncs with CPU
- * instructions (sync_per_run) and the runs touch at most 1/PA_SYNC_SPARSE of
- * the lines of its extent; else its whole extent in one call, as PYNQ does.
- * bench/run.py's roi_flush measures the crossover. */
-#define PA_SYNC_SPARSE 2
+ * from their description, see runs.h) when that costs less than its whole
+ * extent: runs * (lines per run + the backend's sync_run_lines) <= lines of
+ * the extent (pa.h; measured by bench/crossover.py). Else the whole extent in
+ * one call, as PYNQ does. */
 
 /* The view's runs, offsets from the block's start at cpu; false when it is
  * one contiguous stretch, has more outer dimensions than pa_runs holds or
@@ -189,15 +188,26 @@ static PyObject *buffer_sync(PyObject *self, pa_sync_dir dir, const char *what)
     pa_runs runs;
     size_t count;
     bool per_run = false;
-    if (len > 0 && (a->block.foreign || (be != NULL && be->ops->sync_per_run)) &&
+    unsigned run_lines = a->block.foreign ? PA_CPU_RUN_LINES
+                         : be != NULL     ? be->ops->sync_run_lines
+                                          : 0;
+    if (len > 0 && run_lines > 0 &&
         pa_view_runs((PyArrayObject *)self, a->block.cpu, &runs, &count)) {
-        /* lines the runs touch, at most: each spans len/line + 2 lines */
-        size_t each = runs.len / PA_LINE + 2, touched;
-        size_t extent_lines = len / PA_LINE + 2;
-        per_run = !__builtin_mul_overflow(each, count, &touched) &&
-                  touched * PA_SYNC_SPARSE <= extent_lines;
+        /* lines per run: exact when every outer stride is whole lines (each
+         * run then sits in its lines as the first does), else the most a run
+         * of that length can touch */
+        bool whole = true;
+        for (int d = 0; d < runs.ndim; d++) {
+            whole = whole && runs.strides[d] % PA_LINE == 0;
+        }
+        size_t first = (size_t)(uintptr_t)PyArray_BYTES((PyArrayObject *)self) % PA_LINE;
+        size_t each = whole ? (first + runs.len + PA_LINE - 1) / PA_LINE
+                            : (runs.len + 2 * PA_LINE - 2) / PA_LINE;
+        size_t extent_lines = ((size_t)(uintptr_t)lo % PA_LINE + len + PA_LINE - 1) / PA_LINE;
+        size_t cost;
+        per_run = !__builtin_mul_overflow(each + run_lines, count, &cost) && cost <= extent_lines;
         if (per_run) {
-            len = touched * PA_LINE; /* for the GIL decision below */
+            len = each * count * PA_LINE; /* for the GIL decision below */
         }
     }
     /* keeps freebuffer() from another thread away meanwhile: the GIL is
