@@ -12,8 +12,10 @@ with rows far apart (so the rule picks runs), it times the view's flush
 against a flush of the contiguous extent of the same image (cost per line
 `c`), in interleaved repeats after dirtying every byte, and reports
 `flush(view) / (runs * c) - lines per run`: the extra lines a run costs.
-Both backends declare 1 (PA_CPU_RUN_LINES in src/core/pa.h): the short runs'
-figure, where a line on its own costs about two of a contiguous sync."""
+hugepage declares 1 (PA_CPU_RUN_LINES in src/core/pa.h, also used for
+wrapped memory: the short runs' figure, where a line on its own costs about two
+of a contiguous clwb), sim 2 (src/core/backend_sim.c: its medians moved
+between 0.8 and 2.7 from run to run on this shared machine)."""
 import argparse
 import statistics
 import time

@@ -806,7 +806,10 @@ const pa_ops pa_sim_ops = {
     .free = pa_sim_free,
     .sync = pa_sim_sync,
     .sync_runs = pa_sim_sync_runs,
-    .sync_run_lines = PA_CPU_RUN_LINES,
+    /* a run's copy costs its lines plus about 2 more (bench/crossover.py:
+     * medians 0.8-2.7 on this machine; the scattered lines miss the cache
+     * on both sides, where the contiguous copy streams) */
+    .sync_run_lines = 2,
     .info = pa_sim_info,
     .close = pa_sim_close,
     .probe = pa_sim_probe,

@@ -67,8 +67,9 @@ typedef struct pa_info {
 typedef struct pa_backend pa_backend;
 
 /* sync_run_lines (below) of CPU cache maintenance by address (hugepage, and
- * wrapped memory): a run's lines are a separate miss each, where a
- * contiguous sync streams; measured on x86 (clwb), same for sim's copy */
+ * wrapped memory): measured on x86 (bench/crossover.py), a run of one line
+ * costs two lines of a contiguous clwb (the hardware pairs neighbouring
+ * lines), longer runs about their lines */
 #define PA_CPU_RUN_LINES 1
 
 /* A range of cache lines one thread is working on (pa_range_acquire):
