@@ -18,3 +18,17 @@ def test_bench_quick_runs_and_reports_every_figure(tmp_path):
         assert figure in r.stdout, figure
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "x " in line]
     assert len(rows) >= 8
+
+
+def test_crossover_quick_reports_the_extra_lines_per_run(tmp_path):
+    script = os.path.join(ROOT, "bench", "crossover.py")
+    r = subprocess.run([sys.executable, script, "--quick"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rows = [line.split("|") for line in r.stdout.splitlines() if line.startswith("| sim | ")]
+    # 4 run lengths x 2 row widths, then the summary
+    assert [(row[2].strip(), row[3].strip()) for row in rows[:8]] == [
+        (str(run), str(width)) for run in (64, 128, 256, 512) for width in (2048, 4096)]
+    for row in rows[:8]:
+        float(row[4])
+    assert "median" in rows[8][4] and "max" in rows[8][4]

@@ -818,8 +818,8 @@ static int pa_huge_sync(pa_backend *be, const pa_block *blk, size_t off, size_t 
 }
 
 /* a sparse view's runs: the lines of each, one barrier at the end */
-static int pa_huge_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
-                             pa_sync_dir dir, pa_err *err)
+static int pa_huge_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r, pa_sync_dir dir,
+                             pa_err *err)
 {
     (void)be;
     if (!pa_cache_user_maintenance()) {
@@ -827,7 +827,7 @@ static int pa_huge_sync_many(pa_backend *be, const pa_block *blk, const size_t *
                          "this CPU cannot clean or invalidate its data cache from user space "
                          "(32-bit ARM needs a kernel sync backend such as udmabuf)");
     }
-    int rc = pa_cache_ranges(blk->cpu, pairs, n, dir == PA_FROM_DEVICE);
+    int rc = pa_cache_runs(blk->cpu, r, dir == PA_FROM_DEVICE);
     if (rc < 0) {
         return pa_seterr(err, -rc, "cache maintenance (%s) failed: %s", pa_cache_method(),
                          strerror(-rc));
@@ -907,8 +907,8 @@ const pa_ops pa_huge_ops = {
     .alloc = pa_huge_alloc,
     .free = pa_huge_free,
     .sync = pa_huge_sync,
-    .sync_many = pa_huge_sync_many,
-    .sync_per_run = true,
+    .sync_runs = pa_huge_sync_runs,
+    .sync_run_lines = PA_CPU_RUN_LINES,
     .info = pa_huge_info,
     .close = pa_huge_close,
     .probe = pa_huge_probe,

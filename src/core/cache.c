@@ -10,23 +10,6 @@
 #define ENOTSUP EOPNOTSUPP
 #endif
 
-#if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
-/* [p, p+len) rounded outward to lines of `line` bytes: first line and count.
- * Counting lines instead of comparing addresses cannot wrap at the top of
- * the address space. */
-static int pa_cache_span(const void *p, size_t len, size_t line, uintptr_t *first, size_t *n)
-{
-    uintptr_t a = (uintptr_t)p;
-    uintptr_t last;
-    if (__builtin_add_overflow(a, len - 1, &last)) {
-        return -EINVAL;
-    }
-    *first = a & ~(uintptr_t)(line - 1);
-    *n = (size_t)((last - *first) / line) + 1;
-    return 0;
-}
-#endif
-
 #if defined(__x86_64__) || defined(__i386__)
 
 #include <cpuid.h>
@@ -95,8 +78,8 @@ const char *pa_cache_method(void)
     __asm__ volatile(".byte 0x66, 0x0f, 0xae, 0x38" : : "a"(a) : "memory")
 #define PA_CACHE_CLFLUSH_LINE(a) __asm__ volatile("clflush (%0)" : : "r"(a) : "memory")
 
-/* the architecture's part of pa_cache_ranges: what to run per line, and
- * the barrier after the last one */
+/* the architecture's part of pa_cache_runs: the line size and method, and
+ * the barrier after the last line */
 typedef struct pa_cache_how {
     size_t line;
     unsigned method;
@@ -107,23 +90,6 @@ static pa_cache_how pa_cache_setup(void)
     unsigned w = pa_cache_probe();
     pa_cache_how h = {w & 0xffff, w >> 16};
     return h;
-}
-
-static void pa_cache_lines(pa_cache_how h, uintptr_t a, size_t n, bool invalidate)
-{
-    if (h.method == PA_CACHE_CLWB && !invalidate) {
-        for (; n > 0; n--, a += h.line) {
-            PA_CACHE_CLWB_LINE(a);
-        }
-    } else if (h.method >= PA_CACHE_CLFLUSHOPT) {
-        for (; n > 0; n--, a += h.line) {
-            PA_CACHE_CLFLUSHOPT_LINE(a);
-        }
-    } else {
-        for (; n > 0; n--, a += h.line) {
-            PA_CACHE_CLFLUSH_LINE(a);
-        }
-    }
 }
 
 static void pa_cache_fence(pa_cache_how h, bool invalidate)
@@ -165,18 +131,8 @@ static pa_cache_how pa_cache_setup(void)
     return h;
 }
 
-static void pa_cache_lines(pa_cache_how h, uintptr_t a, size_t n, bool invalidate)
-{
-    if (invalidate) {
-        for (; n > 0; n--, a += h.line) {
-            __asm__ volatile("dc civac, %0" : : "r"(a) : "memory");
-        }
-    } else {
-        for (; n > 0; n--, a += h.line) {
-            __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory");
-        }
-    }
-}
+#define PA_CACHE_CVAC_LINE(a) __asm__ volatile("dc cvac, %0" : : "r"(a) : "memory")
+#define PA_CACHE_CIVAC_LINE(a) __asm__ volatile("dc civac, %0" : : "r"(a) : "memory")
 
 static void pa_cache_fence(pa_cache_how h, bool invalidate)
 {
@@ -189,34 +145,62 @@ static void pa_cache_fence(pa_cache_how h, bool invalidate)
 
 #if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
 
-int pa_cache_ranges(char *base, const size_t *pairs, size_t n, bool invalidate)
+/* every line of every range the walk gives, with op(a) per line: the loop
+ * is instantiated per instruction, so a single-line run costs the
+ * instruction and a few compares */
+#define PA_CACHE_WALK(it, op)                                                                      \
+    do {                                                                                           \
+        size_t lo_, hi_;                                                                           \
+        while (pa_runs_next(&(it), &lo_, &hi_)) {                                                  \
+            /* counted, not compared: hi_ is 0 after the top line */                               \
+            uintptr_t a_ = lo_;                                                                    \
+            for (size_t n_ = (hi_ - lo_) >> shift; n_ > 0; n_--, a_ += h.line) {                   \
+                op(a_);                                                                            \
+            }                                                                                      \
+        }                                                                                          \
+    } while (0)
+
+int pa_cache_runs(char *base, const pa_runs *r, bool invalidate)
 {
-    pa_cache_how h = pa_cache_setup();
-    for (size_t i = 0; i < n; i++) {
-        uintptr_t a;
-        size_t k;
-        if (pairs[2 * i + 1] == 0) {
-            continue;
-        }
-        if (pa_cache_span(base + pairs[2 * i], pairs[2 * i + 1], h.line, &a, &k) < 0) {
-            return -EINVAL;
-        }
-        pa_cache_lines(h, a, k, invalidate);
+    size_t lo, hi, count;
+    uintptr_t last;
+    if (!pa_runs_extent(r, &lo, &hi, &count) ||
+        __builtin_add_overflow((uintptr_t)base, hi - 1, &last)) {
+        return -EINVAL;
     }
+    pa_cache_how h = pa_cache_setup();
+    int shift = __builtin_ctzll(h.line); /* a power of two */
+    pa_runs_it it;
+    pa_runs_start(&it, r, count, (size_t)(uintptr_t)base, h.line);
+#if defined(__aarch64__)
+    if (invalidate) {
+        PA_CACHE_WALK(it, PA_CACHE_CIVAC_LINE);
+    } else {
+        PA_CACHE_WALK(it, PA_CACHE_CVAC_LINE);
+    }
+#else
+    if (h.method == PA_CACHE_CLWB && !invalidate) {
+        PA_CACHE_WALK(it, PA_CACHE_CLWB_LINE);
+    } else if (h.method >= PA_CACHE_CLFLUSHOPT) {
+        PA_CACHE_WALK(it, PA_CACHE_CLFLUSHOPT_LINE);
+    } else {
+        PA_CACHE_WALK(it, PA_CACHE_CLFLUSH_LINE);
+    }
+#endif
     pa_cache_fence(h, invalidate);
     return 0;
 }
 
 int pa_cache_clean(void *p, size_t len)
 {
-    size_t pair[2] = {0, len};
-    return len == 0 ? 0 : pa_cache_ranges(p, pair, 1, false);
+    pa_runs r = {.off = 0, .len = len, .ndim = 0};
+    return len == 0 ? 0 : pa_cache_runs(p, &r, false);
 }
 
 int pa_cache_clean_invalidate(void *p, size_t len)
 {
-    size_t pair[2] = {0, len};
-    return len == 0 ? 0 : pa_cache_ranges(p, pair, 1, true);
+    pa_runs r = {.off = 0, .len = len, .ndim = 0};
+    return len == 0 ? 0 : pa_cache_runs(p, &r, true);
 }
 
 #else
@@ -252,16 +236,11 @@ int pa_cache_clean_invalidate(void *p, size_t len)
     return len == 0 ? 0 : -ENOTSUP;
 }
 
-int pa_cache_ranges(char *base, const size_t *pairs, size_t n, bool invalidate)
+int pa_cache_runs(char *base, const pa_runs *r, bool invalidate)
 {
     (void)base;
     (void)invalidate;
-    for (size_t i = 0; i < n; i++) {
-        if (pairs[2 * i + 1] != 0) {
-            return -ENOTSUP;
-        }
-    }
-    return 0;
+    return r->len == 0 ? 0 : -ENOTSUP;
 }
 
 #endif

@@ -6,6 +6,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "runs.h"
+
 size_t pa_cache_line_size(void);
 /* true when this CPU can clean/invalidate to the point of coherency from user space */
 bool pa_cache_user_maintenance(void);
@@ -13,9 +15,10 @@ bool pa_cache_user_maintenance(void);
 int pa_cache_clean(void *p, size_t len);
 /* clean+invalidate the lines covering [p, p+len): after the device wrote */
 int pa_cache_clean_invalidate(void *p, size_t len);
-/* the lines covering each [base + pairs[2i], + pairs[2i+1]) for i < n, one
- * barrier at the end (a sparse view's runs): clean, or clean+invalidate */
-int pa_cache_ranges(char *base, const size_t *pairs, size_t n, bool invalidate);
+/* the lines covering each run of r (offsets from base), one barrier at the
+ * end (a sparse view's runs): clean, or clean+invalidate; -EINVAL when the
+ * runs overflow or wrap the address space */
+int pa_cache_runs(char *base, const pa_runs *r, bool invalidate);
 const char *pa_cache_method(void); /* e.g. "clflushopt", "dc civac", "none" */
 
 #endif

@@ -490,32 +490,39 @@ int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync
     return be->ops->sync(be, blk, off, len, dir, err);
 }
 
-int pa_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
-                 pa_sync_dir dir, pa_err *err)
+int pa_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r, pa_sync_dir dir,
+                 pa_err *err)
 {
-    if (blk->coherent || n == 0) {
+    size_t lo, hi, count;
+    if (blk->coherent) {
         return 0;
     }
-    for (size_t i = 0; i < n; i++) {
-        size_t off = pairs[2 * i], len = pairs[2 * i + 1];
-        if (off > blk->size || len > blk->size - off) {
-            return pa_seterr(err, EINVAL, "sync range [%zu, %zu) is outside the %zu-byte block",
-                             off, off + len, blk->size);
-        }
+    if (!pa_runs_extent(r, &lo, &hi, &count) || hi > blk->size) {
+        return pa_seterr(err, EINVAL,
+                         "the runs of a strided view (%zu bytes each from byte %zu) leave the "
+                         "%zu-byte block",
+                         r->len, r->off, blk->size);
     }
     if (blk->foreign && pa_cache_user_maintenance()) {
-        int rc = pa_cache_ranges(blk->cpu, pairs, n, dir == PA_FROM_DEVICE);
-        return rc < 0 ? pa_seterr(err, -rc, "cache maintenance (%s) over wrapped memory failed: "
-                                  "%s", pa_cache_method(), strerror(-rc))
+        int rc = pa_cache_runs(blk->cpu, r, dir == PA_FROM_DEVICE);
+        return rc < 0 ? pa_seterr(err, -rc,
+                                  "cache maintenance (%s) over wrapped memory failed: "
+                                  "%s",
+                                  pa_cache_method(), strerror(-rc))
                       : 0;
     }
-    if (!blk->foreign && be->ops->sync_many != NULL) {
-        return be->ops->sync_many(be, blk, pairs, n, dir, err);
+    if (!blk->foreign && be->ops->sync_runs != NULL) {
+        return be->ops->sync_runs(be, blk, r, dir, err);
     }
+    /* range by range: whole lines from the block's start (its lines' own
+     * alignment is the backend's business), the last one clamped to it */
     int report = 0;
     pa_err tmp;
-    for (size_t i = 0; i < n; i++) {
-        int rc = pa_sync(be, blk, pairs[2 * i], pairs[2 * i + 1], dir, &tmp);
+    pa_runs_it it;
+    pa_runs_start(&it, r, count, 0, PA_LINE);
+    while (pa_runs_next(&it, &lo, &hi)) {
+        hi = hi > blk->size ? blk->size : hi;
+        int rc = pa_sync(be, blk, lo, hi - lo, dir, &tmp);
         if (rc < 0 || (rc > 0 && report == 0)) {
             *err = tmp;
         }

@@ -12,6 +12,8 @@
 #include <stdint.h>
 #include <pthread.h>
 
+#include "runs.h"
+
 #define PA_ERR_LEN 512
 #define PA_LINE 64 /* allocation granule: no two blocks share a cache line */
 
@@ -64,6 +66,12 @@ typedef struct pa_info {
 
 typedef struct pa_backend pa_backend;
 
+/* sync_run_lines (below) of CPU cache maintenance by address (hugepage, and
+ * wrapped memory): measured on x86 (bench/crossover.py), a run of one line
+ * costs two lines of a contiguous clwb (the hardware pairs neighbouring
+ * lines), longer runs about their lines */
+#define PA_CPU_RUN_LINES 1
+
 /* A range of cache lines one thread is working on (pa_range_acquire):
  * kept on that thread's stack while it works. */
 typedef struct pa_range {
@@ -74,10 +82,13 @@ typedef struct pa_range {
 typedef struct pa_ops {
     const char *name;
     bool board; /* probed for the default backend (sim and hugepage are not) */
-    /* one sync call costs CPU cache instructions (or a copy), no system call:
-     * a sparse strided view is synchronised run by run (see the binding's
-     * buffer_sync); otherwise its whole extent in one call */
-    bool sync_per_run;
+    /* A sparse strided view is synchronised run by run (sync_runs) when
+     * runs * (lines per run + sync_run_lines) <= the lines of its extent,
+     * else its whole extent in one call (the binding's buffer_sync).
+     * sync_run_lines is what one more run costs, in lines of a contiguous
+     * sync, measured by bench/crossover.py; 0: always the whole extent (a
+     * system call per run costs far more than the lines it saves). */
+    unsigned sync_run_lines;
     /* arg: what followed "name:" in the spec, or NULL */
     int (*open)(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts, pa_err *err);
     /* size > 0, a multiple of PA_LINE; align a power of two >= PA_LINE.
@@ -87,11 +98,11 @@ typedef struct pa_ops {
     /* [off, off+len) inside the block; the backend rounds to cache lines. */
     int (*sync)(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
                 pa_err *err);
-    /* optional: n ranges (off, len pairs inside the block, in any order) in
-     * one go: a sparse view's runs. Without it pa_sync_many
-     * calls sync for each. Returns like sync (the first report). */
-    int (*sync_many)(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
-                     pa_sync_dir dir, pa_err *err);
+    /* optional: every run of r (inside the block, pa_sync_runs checked) in
+     * one go: a sparse view's runs. Without it pa_sync_runs calls sync for
+     * each range of lines. Returns like sync (the first report). */
+    int (*sync_runs)(pa_backend *be, const pa_block *blk, const pa_runs *r, pa_sync_dir dir,
+                     pa_err *err);
     void (*info)(pa_backend *be, pa_info *info); /* total, free, largest_free */
     void (*close)(pa_backend *be);
     /* cheap and side-effect free: 0 if open() would find something usable */
@@ -157,9 +168,11 @@ void pa_adopt(void *cpu, uint64_t device_address, size_t size, bool coherent, pa
 /* be may be NULL for a foreign block */
 int pa_sync(pa_backend *be, const pa_block *blk, size_t off, size_t len, pa_sync_dir dir,
             pa_err *err);
-/* pa_sync of n ranges (off, len pairs, each inside the block, any order): one call for a sparse view's runs; the first report wins */
-int pa_sync_many(pa_backend *be, const pa_block *blk, const size_t *pairs, size_t n,
-                 pa_sync_dir dir, pa_err *err);
+/* pa_sync of every run of r (a sparse view's runs, see runs.h), in one call:
+ * one range lock (sim) or one barrier (CPU cache maintenance) for all of
+ * them; EINVAL when a run leaves the block; the first report wins */
+int pa_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r, pa_sync_dir dir,
+                 pa_err *err);
 void pa_get_info(pa_backend *be, pa_info *info);
 /* whether a block allocated with cacheable=None is coherent */
 bool pa_default_coherent(const pa_backend *be);

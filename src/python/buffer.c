@@ -123,151 +123,50 @@ static PyObject *buffer_not_backed(BufferObject *buf, const char *what)
 
 
 /* A strided view is synchronised run by run (the contiguous stretches of its
- * elements, neighbours sharing a cache line merged) when its backend syncs
- * with CPU instructions (sync_per_run) and the runs touch at most
- * 1/PA_SYNC_SPARSE of the lines of its extent; else its whole extent in one
- * call, as PYNQ does. bench/run.py's roi_flush measures the crossover. */
-#define PA_SYNC_SPARSE 2
+ * elements, neighbours sharing a cache line merged; pa_sync_runs walks them
+ * from their description, see runs.h) when that costs less than its whole
+ * extent: runs * (lines per run + the backend's sync_run_lines) <= lines of
+ * the extent (pa.h; measured by bench/crossover.py). Else the whole extent in
+ * one call, as PYNQ does. */
 
-typedef struct pa_runs {
-    int n;                    /* outer dimensions iterated */
-    npy_intp dims[NPY_MAXDIMS], strides[NPY_MAXDIMS];
-    npy_intp count;           /* runs */
-    size_t len;               /* bytes per run */
-    char *first;              /* first element */
-} pa_runs;
-
-/* The view's runs; false when it is one contiguous stretch or their count
- * overflows (the extent then) */
-static bool pa_view_runs(PyArrayObject *arr, pa_runs *r)
+/* The view's runs, offsets from the block's start at cpu; false when it is
+ * one contiguous stretch, has more outer dimensions than pa_runs holds or
+ * its run count overflows (the extent then) */
+static bool pa_view_runs(PyArrayObject *arr, const void *cpu, pa_runs *r, size_t *count)
 {
-    int nd = PyArray_NDIM(arr);
+    int nd = PyArray_NDIM(arr), n = 0;
     npy_intp *dims = PyArray_DIMS(arr), *strides = PyArray_STRIDES(arr);
     npy_intp run = PyArray_ITEMSIZE(arr);
-    r->n = 0;
+    npy_intp odims[NPY_MAXDIMS], ostrides[NPY_MAXDIMS];
     for (int i = 0; i < nd; i++) {
         if (dims[i] != 1) {
-            r->dims[r->n] = dims[i];
-            r->strides[r->n] = strides[i];
-            r->n++;
+            odims[n] = dims[i];
+            ostrides[n] = strides[i];
+            n++;
         }
     }
-    while (r->n > 0 && r->strides[r->n - 1] == run) {
-        if (__builtin_mul_overflow(run, r->dims[r->n - 1], &run)) {
+    while (n > 0 && ostrides[n - 1] == run) {
+        if (__builtin_mul_overflow(run, odims[n - 1], &run)) {
             return false;
         }
-        r->n--;
+        n--;
     }
-    r->count = 1;
-    for (int i = 0; i < r->n; i++) {
-        if (__builtin_mul_overflow(r->count, r->dims[i], &r->count)) {
+    if (n == 0 || n > PA_RUNS_MAXDIM || run <= 0) {
+        return false;
+    }
+    size_t c = 1;
+    for (int i = 0; i < n; i++) {
+        if (odims[i] <= 0 || __builtin_mul_overflow(c, (size_t)odims[i], &c)) {
             return false;
         }
+        r->dims[i] = (size_t)odims[i];
+        r->strides[i] = (ptrdiff_t)ostrides[i];
     }
+    r->ndim = n;
     r->len = (size_t)run;
-    r->first = PyArray_BYTES(arr);
-    return r->n > 0 && run > 0;
-}
-
-#define PA_SYNC_BATCH 256 /* ranges per pa_sync_many call */
-
-typedef struct pa_batch {
-    pa_backend *be;
-    const pa_block *blk;
-    pa_sync_dir dir;
-    size_t n, pairs[2 * PA_SYNC_BATCH];
-    int report;
-    pa_err *err;
-} pa_batch;
-
-static int pa_batch_flush(pa_batch *b)
-{
-    if (b->n == 0) {
-        return 0;
-    }
-    pa_err tmp;
-    int rc = pa_sync_many(b->be, b->blk, b->pairs, b->n, b->dir, &tmp);
-    b->n = 0;
-    if (rc < 0 || (rc > 0 && b->report == 0)) {
-        *b->err = tmp;
-    }
-    if (rc > 0 && b->report == 0) {
-        b->report = rc;
-    }
-    return rc < 0 ? rc : 0;
-}
-
-/* queues the line-rounded [lo, hi) (absolute addresses), clamped to the
- * block (a wrapped block need not start or end on a line) */
-static int pa_batch_add(pa_batch *b, size_t lo, size_t hi)
-{
-    size_t base = (size_t)(uintptr_t)b->blk->cpu, end = base + b->blk->size;
-    lo = lo < base ? base : lo;
-    hi = hi > end ? end : hi;
-    if (hi <= lo) {
-        return 0;
-    }
-    b->pairs[2 * b->n] = lo - base;
-    b->pairs[2 * b->n + 1] = hi - lo;
-    if (++b->n == PA_SYNC_BATCH) {
-        return pa_batch_flush(b);
-    }
-    return 0;
-}
-
-/* Syncs every run of r, neighbours that share or touch a line merged, in
- * batches (one range lock or one barrier per batch). Stops at the first
- * error; keeps the first report (rc > 0) in *err. */
-static int pa_sync_runs(pa_backend *be, const pa_block *blk, const pa_runs *r, pa_sync_dir dir,
-                        pa_err *err)
-{
-    npy_intp idx[NPY_MAXDIMS] = {0};
-    const size_t line = PA_LINE;
-    size_t plo = 0, phi = 0; /* pending line-rounded [plo, phi), absolute */
-    bool pending = false;
-    int rc;
-    pa_batch *b = malloc(sizeof(*b));
-    if (b == NULL) {
-        return pa_seterr(err, ENOMEM, "out of memory synchronising a strided view");
-    }
-    b->be = be;
-    b->blk = blk;
-    b->dir = dir;
-    b->n = 0;
-    b->report = 0;
-    b->err = err;
-    char *p = r->first;
-    for (npy_intp k = 0; k < r->count; k++) {
-        size_t lo = (size_t)(uintptr_t)p & ~(line - 1);
-        size_t hi = ((size_t)(uintptr_t)p + r->len + line - 1) & ~(line - 1);
-        if (pending && lo >= plo && lo <= phi) {
-            phi = hi > phi ? hi : phi;
-        } else {
-            if (pending && (rc = pa_batch_add(b, plo, phi)) < 0) {
-                free(b);
-                return rc;
-            }
-            plo = lo;
-            phi = hi;
-            pending = true;
-        }
-        /* next run: odometer over the outer dimensions, last fastest */
-        for (int d = r->n - 1; d >= 0; d--) {
-            p += r->strides[d];
-            if (++idx[d] < r->dims[d]) {
-                break;
-            }
-            p -= r->strides[d] * r->dims[d];
-            idx[d] = 0;
-        }
-    }
-    rc = pending ? pa_batch_add(b, plo, phi) : 0;
-    if (rc == 0) {
-        rc = pa_batch_flush(b);
-    }
-    int report = b->report;
-    free(b);
-    return rc < 0 ? rc : report;
+    r->off = (size_t)(PyArray_BYTES(arr) - (const char *)cpu);
+    *count = c;
+    return true;
 }
 
 static PyObject *buffer_sync(PyObject *self, pa_sync_dir dir, const char *what)
@@ -287,16 +186,28 @@ static PyObject *buffer_sync(PyObject *self, pa_sync_dir dir, const char *what)
     pa_err err;
     int rc;
     pa_runs runs;
+    size_t count;
     bool per_run = false;
-    if (len > 0 && (a->block.foreign || (be != NULL && be->ops->sync_per_run)) &&
-        pa_view_runs((PyArrayObject *)self, &runs)) {
-        /* lines the runs touch, at most: each spans len/line + 2 lines */
-        size_t each = runs.len / PA_LINE + 2, touched;
-        size_t extent_lines = len / PA_LINE + 2;
-        per_run = !__builtin_mul_overflow(each, (size_t)runs.count, &touched) &&
-                  touched * PA_SYNC_SPARSE <= extent_lines;
+    unsigned run_lines = a->block.foreign ? PA_CPU_RUN_LINES
+                         : be != NULL     ? be->ops->sync_run_lines
+                                          : 0;
+    if (len > 0 && run_lines > 0 &&
+        pa_view_runs((PyArrayObject *)self, a->block.cpu, &runs, &count)) {
+        /* lines per run: exact when every outer stride is whole lines (each
+         * run then sits in its lines as the first does), else the most a run
+         * of that length can touch */
+        bool whole = true;
+        for (int d = 0; d < runs.ndim; d++) {
+            whole = whole && runs.strides[d] % PA_LINE == 0;
+        }
+        size_t first = (size_t)(uintptr_t)PyArray_BYTES((PyArrayObject *)self) % PA_LINE;
+        size_t each = whole ? (first + runs.len + PA_LINE - 1) / PA_LINE
+                            : (runs.len + 2 * PA_LINE - 2) / PA_LINE;
+        size_t extent_lines = ((size_t)(uintptr_t)lo % PA_LINE + len + PA_LINE - 1) / PA_LINE;
+        size_t cost;
+        per_run = !__builtin_mul_overflow(each + run_lines, count, &cost) && cost <= extent_lines;
         if (per_run) {
-            len = touched * PA_LINE; /* for the GIL decision below */
+            len = each * count * PA_LINE; /* for the GIL decision below */
         }
     }
     /* keeps freebuffer() from another thread away meanwhile: the GIL is
