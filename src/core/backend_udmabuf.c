@@ -955,14 +955,13 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
                          (unsigned long long)be->alloc_max + 1);
     }
     if (rc < 0) {
-        pa_tlsf_stats st;
-        pa_tlsf_get_stats(u->tlsf, &st);
+        /* pa.c appends info()'s figures (used, requested, free, largest free) */
         return pa_seterr(err, -rc,
-                         "u-dma-buf %s cannot allocate %zu bytes (align %zu): %zu bytes free, "
-                         "largest free block %zu of %zu; free buffers or give the device a "
-                         "larger buffer (udmabuf0=SIZE when loading the module, or size = <...> "
-                         "in the device tree)",
-                         u->dev.node, size, align, st.free, st.largest_free, st.total);
+                         "u-dma-buf %s cannot allocate %zu bytes aligned to %zu (line rounding "
+                         "and alignment padding included): no free block holds them; free buffers or give the "
+                         "device a larger buffer (udmabuf0=SIZE when loading the module, or "
+                         "size = <...> in the device tree)",
+                         u->dev.node, size, align);
     }
     if (!be->cached_coherent) {
         rc = pa_udmabuf_map_pages(u, off / u->page, (off + got - 1) / u->page,
