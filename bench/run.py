@@ -278,8 +278,8 @@ def churn_figure(q):
 # one measurement of bytes per live buffer, in a fresh interpreter: N buffers
 # of 64 B made (and each written, so its memory is really touched) after a
 # warm-up; process memory growth (USS: private pages, /proc/self/smaps_rollup)
-# per buffer, the growth of sim's big mappings (its CPU/device views) per
-# buffer, info()'s used and requested per buffer, and, with tracemalloc on (a
+# per buffer, the growth of mappings at least as large as sim's region (its
+# CPU/device views; for hugepage, regions that large) per buffer, info()'s used and requested per buffer, and, with tracemalloc on (a
 # separate run: it adds its own memory), the Python-allocated bytes per buffer
 _BPB_CHILD = r"""
 import gc, sys, numpy as np, pynq_alloc
@@ -291,7 +291,9 @@ def uss():
         p = line.split()
         if len(p) >= 2 and p[0].endswith(":") and p[1].isdigit():
             d[p[0][:-1]] = int(p[1]) * 1024
-    return d["Private_Clean"] + d["Private_Dirty"]
+    # hugetlb pages (hugepage backend) are not in Rss/Private_*: add them
+    return (d["Private_Clean"] + d["Private_Dirty"] + d.get("Private_Hugetlb", 0)
+            + d.get("Shared_Hugetlb", 0))
 def views(minsize):
     out, cur = {}, None
     for line in open("/proc/self/smaps"):
@@ -299,8 +301,8 @@ def views(minsize):
         if "-" in p[0] and not p[0].endswith(":"):
             a, b = (int(x, 16) for x in p[0].split("-"))
             cur = (a, b) if b - a >= minsize else None
-        elif cur is not None and p[0] == "Rss:":
-            out[cur] = int(p[1]) * 1024
+        elif cur is not None and p[0] in ("Rss:", "Private_Hugetlb:", "Shared_Hugetlb:"):
+            out[cur] = out.get(cur, 0) + int(p[1]) * 1024
     return out
 size = 1 << max(28, (n * max(align or 4096, 64) * 2 - 1).bit_length())
 be = None
