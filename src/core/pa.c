@@ -373,19 +373,6 @@ int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block
     return pa_alloc_below(be, size, align, flags, UINT64_MAX, blk, err);
 }
 
-size_t pa_padded_size(size_t size, size_t align)
-{
-    size_t to = align < PA_LINE ? PA_LINE : align < PA_PAD_MAX ? align : PA_PAD_MAX;
-    size_t r;
-    if (size == 0) {
-        size = 1;
-    }
-    if ((to & (to - 1)) != 0 || __builtin_add_overflow(size, to - 1, &r)) {
-        return 0;
-    }
-    return r & ~(to - 1);
-}
-
 /* An out-of-memory message from the backend gets info()'s figures, taken
  * under the same lock hold, so that what it quotes is what info() says. */
 static void pa_explain_full(pa_backend *be, pa_err *err)

@@ -14,7 +14,7 @@
 
 #define PA_ERR_LEN 512
 #define PA_LINE 64 /* allocation granule: no two blocks share a cache line */
-/* Where a backend sub-allocates one region (sim, hugepage), a block aligned
+/* Where a backend sub-allocates a region (sim, hugepage, pools), a block aligned
  * to A takes its size rounded up to a multiple of min(A, PA_PAD_MAX) from
  * the region (pa_padded_size; the block's span): the padding up to the next
  * A boundary, which the next block of the same alignment could not use, is
@@ -166,7 +166,18 @@ int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **
 int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err);
 /* a block's span in a sub-allocated region: size (at least 1) rounded up to
  * PA_LINE and then to min(align, PA_PAD_MAX); 0 when that overflows */
-size_t pa_padded_size(size_t size, size_t align);
+static inline size_t pa_padded_size(size_t size, size_t align)
+{
+    size_t to = align < PA_LINE ? PA_LINE : align < PA_PAD_MAX ? align : PA_PAD_MAX;
+    size_t r;
+    if (size == 0) {
+        size = 1;
+    }
+    if ((to & (to - 1)) != 0 || __builtin_add_overflow(size, to - 1, &r)) {
+        return 0;
+    }
+    return r & ~(to - 1);
+}
 /* every byte of the block at a device address <= max_addr (address_bits=N: 2**N - 1) */
 int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
                    pa_block *blk, pa_err *err);
