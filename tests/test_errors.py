@@ -202,3 +202,21 @@ def test_closed_backend_refuses(sim):
 def test_non_bool_cacheable_is_truthiness(sim):
     assert sim.allocate(4, cacheable=0).coherent is True
     assert np.all(sim.allocate(4, cacheable=1) == 0)
+
+
+def test_unaligned_base_counts_the_lines_skipped_to_align():
+    """sim with a base_address off the alignment: the block takes room to skip
+    to the first aligned device address, and used counts all of it (free is
+    what is left), while requested stays nbytes."""
+    be = pynq_alloc.open_backend("sim", size=1 << 20, base_address=0x4000_0040)
+    try:
+        buf = be.allocate(64, "u1", align=4096)
+        assert buf.device_address % 4096 == 0
+        info = be.info()
+        # the 64 B span padded to 4096, plus align - 64 bytes of room to skip
+        assert info["used"] == 4096 + 4096 - 64 and info["requested"] == 64
+        assert info["free"] == info["total"] - info["used"]
+        del buf
+        assert nothing_used(be) and be.info()["requested"] == 0
+    finally:
+        be.close()
