@@ -279,7 +279,8 @@ def churn_figure(q):
 # of 64 B made (and each written, so its memory is really touched) after a
 # warm-up; process memory growth (USS: private pages, /proc/self/smaps_rollup)
 # per buffer, the growth of mappings at least as large as sim's region (its
-# CPU/device views; for hugepage, regions that large) per buffer, info()'s used and requested per buffer, and, with tracemalloc on (a
+# CPU/device views; for hugepage, regions that large) per buffer, info()'s
+# used and requested per buffer, and, with tracemalloc on (a
 # separate run: it adds its own memory), the Python-allocated bytes per buffer
 _BPB_CHILD = r"""
 import gc, sys, numpy as np, pynq_alloc

@@ -354,9 +354,9 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     if (rc < 0) {
         /* pa.c appends info()'s figures (used, requested, free, largest free) */
         return pa_seterr(err, -rc,
-                         "sim backend cannot allocate %zu bytes (align %zu, line rounding and "
-                         "alignment padding included): no free block holds them; free buffers or open the "
-                         "sim backend with a larger size= option",
+                         "sim backend cannot allocate %zu bytes (align %zu): no free block "
+                         "holds them with their alignment padding; free buffers or open the sim "
+                         "backend with a larger size= option",
                          size, align);
     }
     bool coherent = (flags & PA_CACHED) == 0 || be->cached_coherent;

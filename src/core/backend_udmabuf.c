@@ -960,8 +960,8 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
     if (rc < 0) {
         /* pa.c appends info()'s figures (used, requested, free, largest free) */
         return pa_seterr(err, -rc,
-                         "u-dma-buf %s cannot allocate %zu bytes aligned to %zu (line rounding "
-                         "and alignment padding included): no free block holds them; free buffers or give the "
+                         "u-dma-buf %s cannot allocate %zu bytes aligned to %zu: no free block "
+                         "holds them with their alignment padding; free buffers or give the "
                          "device a larger buffer (udmabuf0=SIZE when loading the module, or "
                          "size = <...> in the device tree)",
                          u->dev.node, size, align);

@@ -395,8 +395,8 @@ PyDoc_STRVAR(allocate_doc,
              "Allocate a zeroed Buffer from this backend.");
 PyDoc_STRVAR(info_doc, "info($self)\n--\n\nA dict: name, total, used (what live buffers occupy: "
                        "lines and alignment padding), requested (their nbytes), free, "
-                       "largest_free, buffers (bytes and counts), coherent (of a cacheable=None buffer), cacheable (the "
-                       "backend's default), cache_line_size, closed, check, lowest_address, "
+                       "largest_free, buffers (bytes and counts), coherent (of a "
+                       "cacheable=None buffer), cacheable (the backend's default), cache_line_size, closed, check, lowest_address, "
                        "highest_address (None where only the kernel knows), base_address (sim).");
 PyDoc_STRVAR(close_doc, "close($self)\n--\n\nNo new allocations; the backend's resources are "
                         "released when its last buffer is gone (at once if there is none).");
