@@ -104,6 +104,8 @@ def fmt_ns(v, unit):
         return f"{v / 1e6:.2f} M/s"
     if unit == "B":
         return f"{v / 2**20:.1f} MiB"
+    if unit == "B/buf":
+        return f"{v:.0f} B"
     if v >= 1e6:
         return f"{v / 1e6:.2f} ms"
     if v >= 1e3:
@@ -273,6 +275,115 @@ def churn_figure(q):
     be.close()
 
 
+# one measurement of bytes per live buffer, in a fresh interpreter: N buffers
+# of 64 B made (and each written, so its memory is really touched) after a
+# warm-up; process memory growth (USS: private pages, /proc/self/smaps_rollup)
+# per buffer, the growth of mappings at least as large as sim's region (its
+# CPU/device views; for hugepage, regions that large) per buffer, info()'s
+# used and requested per buffer, and, with tracemalloc on (a
+# separate run: it adds its own memory), the Python-allocated bytes per buffer
+_BPB_CHILD = r"""
+import gc, sys, numpy as np, pynq_alloc
+kind, n, align, trace = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "1"
+align = align or None
+def uss():
+    d = {}
+    for line in open("/proc/self/smaps_rollup"):
+        p = line.split()
+        if len(p) >= 2 and p[0].endswith(":") and p[1].isdigit():
+            d[p[0][:-1]] = int(p[1]) * 1024
+    # hugetlb pages (hugepage backend) are not in Rss/Private_*: add them
+    return (d["Private_Clean"] + d["Private_Dirty"] + d.get("Private_Hugetlb", 0)
+            + d.get("Shared_Hugetlb", 0))
+def views(minsize):
+    out, cur = {}, None
+    for line in open("/proc/self/smaps"):
+        p = line.split()
+        if "-" in p[0] and not p[0].endswith(":"):
+            a, b = (int(x, 16) for x in p[0].split("-"))
+            cur = (a, b) if b - a >= minsize else None
+        elif cur is not None and p[0] in ("Rss:", "Private_Hugetlb:", "Shared_Hugetlb:"):
+            out[cur] = out.get(cur, 0) + int(p[1]) * 1024
+    return out
+size = 1 << max(28, (n * max(align or 4096, 64) * 2 - 1).bit_length())
+be = None
+if kind == "numpy":
+    mk = lambda: np.empty(64, "u1")
+elif kind == "sim":
+    be = pynq_alloc.open_backend("sim", size=size)
+else:
+    be = pynq_alloc.open_backend("hugepage")
+if be is not None:
+    mk = lambda: be.allocate(64, "u1", align=align)
+warm = [mk() for _ in range(1000)]
+del warm
+live = [None] * n
+gc.collect()
+if trace:
+    import tracemalloc
+    tracemalloc.start()
+t0 = tracemalloc.get_traced_memory()[0] if trace else 0
+v0, u0 = views(size), uss()
+for i in range(n):
+    live[i] = b = mk()
+    b[:] = 1
+u1, v1 = uss(), views(size)
+t1 = tracemalloc.get_traced_memory()[0] if trace else 0
+info = be.info() if be is not None else {"used": 0, "requested": 0}
+print((u1 - u0) / n, (t1 - t0) / n, sum(v1[k] - v0.get(k, 0) for k in v1) / n,
+      info["used"] / n, info["requested"] / n)
+"""
+
+
+def bytes_per_buffer(q, huge, repeats):
+    """Bytes per live 64 B buffer (sim, hugepage) vs numpy.empty(64, 'u1'):
+    process memory growth over N live buffers, each in a fresh interpreter,
+    interleaved with numpy's. N is large (100 000 on sim) so that the 2 MiB
+    transparent huge pages sim's views get amortise (the first small buffer in a
+    fresh 2 MiB range costs 2 MiB of RSS)."""
+    env = dict(os.environ)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pynq_alloc.__file__)))
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("PYNQ_ALLOC_BACKEND", None)
+
+    def child(kind, n, align, trace=False):
+        out = subprocess.run([sys.executable, "-c", _BPB_CHILD, kind, str(n), str(align or 0),
+                              "1" if trace else "0"], capture_output=True, text=True, env=env,
+                             cwd="/")
+        if out.returncode != 0:
+            raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
+        return [float(x) for x in out.stdout.split()]
+
+    n = 5000 if q else 100_000
+    cases = [("sim", n, 64, 2.0), ("sim", n, None, None)]
+    if huge is not None:
+        # 20 000 at align=4096 take 40 of the machine's shared 2 MiB pages
+        cases += [("hugepage", n, 64, None), ("hugepage", min(n, 20_000), None, None)]
+    for kind, cnt, align, goal in cases:
+        try:
+            ours, base, ratios = [], [], []
+            for _ in range(max(1, repeats // 3)):
+                b = child("numpy", cnt, 64)
+                o = child(kind, cnt, align)
+                base.append(b[0])
+                ours.append(o[0])
+                ratios.append(o[0] / b[0])
+            t_ours = child(kind, cnt, align, True)[1]
+            t_base = child("numpy", cnt, 64, True)[1]
+        except RuntimeError as exc:
+            print(f"(bytes per buffer on {kind} skipped: {exc})")
+            continue
+        ratio = statistics.median(ratios)
+        note = (f"{ratio:.2f}x; Python objects {t_ours:.0f} B vs numpy {t_base:.0f} B; "
+                f"{kind}'s mappings {o[2]:.0f} B; info(): used {o[3]:.0f} B, requested "
+                f"{o[4]:.0f} B per buffer")
+        ROWS.append(dict(name=f"bytes per live 64 B buffer ({cnt} live, each written), {kind}, "
+                     f"align={align or '4096 (default)'}", baseline="numpy.empty(64, 'u1')",
+                     ours=ours, base=base, ratio=None, goal=None, pynq=None, unit="B/buf",
+                     ok=goal is None or ratio <= goal,
+                     note=note + (f" (goal <= {goal}x)" if goal else " (measured)")))
+
+
 def round_two(q, repeats, huge, glb, number):
     """Issue 13's figures (big buffers, many buffers, busy threads)."""
     # 1. hugepage allocate(64) (default align=4096) with many live buffers vs none
@@ -434,6 +545,8 @@ def round_two(q, repeats, huge, glb, number):
                              ok=statistics.median(shares) >= 0.9,
                              note=f"{statistics.median(shares):.2f} (goal >= 0.9)"))
             hz.close()
+
+    bytes_per_buffer(q, huge, repeats)
 
 
 def main():

@@ -54,6 +54,13 @@ def round_block(nbytes):
     return max(-(-max(nbytes, 1) // LINE) * LINE, LINE)
 
 
+def span_block(nbytes, align):
+    """What a block takes from sim's or hugepage's region (info()'s used): its
+    lines rounded up to its alignment (None: the default 4096), at most a page."""
+    to = min(max(align or 4096, LINE), 4096)
+    return -(-round_block(nbytes) // to) * to
+
+
 # dtypes a device buffer can hold, in the spellings users write
 PLAIN_DTYPES = [
     "u1", "i1", "<i2", ">u2", "u4", ">i4", "<u8", "f2", "f4", ">f8", "c8", "<c16", "?",

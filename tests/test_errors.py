@@ -1,4 +1,6 @@
 """Bad input: a clear Python exception, nothing allocated."""
+import re
+
 import numpy as np
 import pytest
 
@@ -77,10 +79,67 @@ def test_too_large_request_says_what_is_free(sim):
     with pytest.raises(MemoryError) as exc:
         sim.allocate(32 << 20, "u1")
     msg = str(exc.value)
-    assert "33554432" in msg and str(sim.info()["free"]) in msg and "largest free block" in msg
-    assert sim.info()["buffers"] == 1
+    info = sim.info()
+    assert "33554432" in msg and info_figures(msg) == figures_of(info), (msg, info)
+    assert info["buffers"] == 1
     del keep
     assert nothing_used(sim)
+
+
+def info_figures(msg):
+    """The figures an out-of-memory message quotes from info()."""
+    m = re.search(r"info\(\): used (\d+) of (\d+) bytes by (\d+) buffer\(s\) \((\d+) requested\), "
+                  r"free (\d+), largest_free (\d+)", msg)
+    assert m is not None, msg
+    return tuple(int(g) for g in m.groups())
+
+
+def figures_of(info):
+    return tuple(info[k] for k in ("used", "total", "buffers", "requested", "free", "largest_free"))
+
+
+def test_65537th_page_aligned_tiny_buffer_fails_with_info_figures():
+    """At the default align=4096 a 64-byte buffer occupies a whole page of sim's
+    region: 65 536 of them fill 256 MiB, info() says so (used == total, free 0,
+    4 MiB requested), and the 65 537th fails with a message quoting those figures."""
+    be = pynq_alloc.open_backend("sim", size=256 << 20)
+    try:
+        bufs = [be.allocate(64, "u1") for _ in range(65536)]
+        info = be.info()
+        assert info["buffers"] == 65536 and info["requested"] == 65536 * 64
+        assert info["used"] == info["total"] == 256 << 20 and info["free"] == 0
+        assert info["largest_free"] == 0
+        assert len({b.device_address >> 12 for b in bufs}) == 65536  # a page each
+        with pytest.raises(MemoryError) as exc:
+            be.allocate(64, "u1")
+        assert info_figures(str(exc.value)) == figures_of(be.info()) == figures_of(info)
+        # a 64-aligned buffer does not fit either: the padding is occupied, not free
+        with pytest.raises(MemoryError):
+            be.allocate(64, "u1", align=64)
+        del bufs[0]
+        info = be.info()
+        assert (info["used"], info["free"], info["requested"]) == (
+            (256 << 20) - 4096, 4096, 65535 * 64)
+        bufs.append(be.allocate(64, "u1"))
+        del bufs
+        info = be.info()
+        assert (info["used"], info["requested"], info["free"]) == (0, 0, 256 << 20)
+    finally:
+        be.close()
+
+
+def test_requested_and_used_at_each_alignment(sim):
+    """used counts the block's lines and its alignment padding (up to a page);
+    requested counts nbytes."""
+    cases = [(1000, 64, 1024), (1000, None, 4096), (5000, None, 8192), (64, 256, 256),
+             (100, 1 << 16, 4096), (0, None, 4096), (4097, 8192, 8192)]
+    for nbytes, align, used in cases:
+        buf = sim.allocate(nbytes, "u1", align=align)
+        info = sim.info()
+        assert (info["used"], info["requested"]) == (used, nbytes), (nbytes, align, info)
+        assert info["free"] == info["total"] - used
+        del buf
+    assert nothing_used(sim) and sim.info()["requested"] == 0
 
 
 def test_unknown_backend_lists_known():
@@ -143,3 +202,21 @@ def test_closed_backend_refuses(sim):
 def test_non_bool_cacheable_is_truthiness(sim):
     assert sim.allocate(4, cacheable=0).coherent is True
     assert np.all(sim.allocate(4, cacheable=1) == 0)
+
+
+def test_unaligned_base_counts_the_lines_skipped_to_align():
+    """sim with a base_address off the alignment: the block takes room to skip
+    to the first aligned device address, and used counts all of it (free is
+    what is left), while requested stays nbytes."""
+    be = pynq_alloc.open_backend("sim", size=1 << 20, base_address=0x4000_0040)
+    try:
+        buf = be.allocate(64, "u1", align=4096)
+        assert buf.device_address % 4096 == 0
+        info = be.info()
+        # the 64 B span padded to 4096, plus align - 64 bytes of room to skip
+        assert info["used"] == 4096 + 4096 - 64 and info["requested"] == 64
+        assert info["free"] == info["total"] - info["used"]
+        del buf
+        assert nothing_used(be) and be.info()["requested"] == 0
+    finally:
+        be.close()

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 import pynq_alloc
 from pynq_alloc import Buffer
-from strategies import FUZZ_EXAMPLES, PLAIN_DTYPES, PROFILE, hsettings, round_block
+from strategies import FUZZ_EXAMPLES, PLAIN_DTYPES, PROFILE, hsettings, round_block, span_block
 
 DOCUMENTED = (TypeError, ValueError, MemoryError, OverflowError)
 SIM_SIZE = 4 << 20
@@ -401,7 +401,7 @@ def run_one(be, shape, dtype, align, cacheable, target, keywords, junk_kwarg):
             assert np_ok and not arg_errors, (
                 f"raised {exc.__name__}, expected one of {arg_errors | np_failed}")
             ref = np_ok[0][0]
-            need = round_block(ref.nbytes) + ((align_v or 4096) if ours is not be else 0)
+            need = span_block(ref.nbytes, align_v) + ((align_v or 4096) if ours is not be else 0)
             assert kind(exc) is MemoryError and need > before["largest_free"], (
                 f"{exc.__name__} for valid arguments; numpy gives {ref.shape} {ref.dtype}")
         after = ours.info()
@@ -431,7 +431,8 @@ def run_one(be, shape, dtype, align, cacheable, target, keywords, junk_kwarg):
     if ours.name == "sim":
         assert ours.device_read(dev, block) == bytes(block), "device side not zeroed/clean"
     after = ours.info()
-    assert after["used"] == before["used"] + block
+    assert after["used"] == before["used"] + span_block(ref.nbytes, align_v)
+    assert after["requested"] == before["requested"] + ref.nbytes
     assert after["buffers"] == before["buffers"] + 1
     del buf
     after = ours.info()

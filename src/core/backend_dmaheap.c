@@ -790,6 +790,7 @@ static int pa_dmaheap_alloc_pooled(pa_dmaheap *h, pa_dmaheap_heap *hp, size_t si
     blk->cpu = pc->cpu + off;
     blk->device_address = pc->device + off;
     blk->size = got;
+    blk->span = pa_tlsf_size(tb); /* with its alignment padding (pool.h) */
     blk->handle = tb;
     blk->aux = (uint64_t)(uintptr_t)c;
     return 0;
@@ -819,6 +820,7 @@ static int pa_dmaheap_alloc_own(pa_dmaheap *h, pa_dmaheap_heap *hp, size_t size,
     blk->cpu = b->cpu + off;
     blk->device_address = b->phys + off;
     blk->size = size;
+    blk->span = len; /* the dma-buf: whole pages (and the room to align) */
     blk->handle = b;
     blk->aux = 0;
     return 0;

@@ -711,8 +711,13 @@ static int pa_huge_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
                          "larger page",
                          align, h->name);
     }
+    /* the block's span: its alignment padding is its own (pa_padded_size) */
+    size_t want = pa_padded_size(size, align);
+    if (want == 0) {
+        return pa_seterr(err, ENOMEM, "cannot allocate %zu bytes aligned to %zu", size, align);
+    }
     /* O(1) whatever the number of regions: the index picks the region */
-    pa_regidx_node *n = pa_regidx_alloc(&h->idx, size, align, &off, &got, &tb, &rc);
+    pa_regidx_node *n = pa_regidx_alloc(&h->idx, want, align, &off, &got, &tb, &rc);
     if (n != NULL) {
         r = (pa_huge_region *)n;
         goto found;
@@ -735,7 +740,7 @@ static int pa_huge_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
         pa_huge_region_destroy(r);
         return rc;
     }
-    rc = pa_tlsf_alloc(r->tlsf, size, align, &off, &got, &tb);
+    rc = pa_tlsf_alloc(r->tlsf, want, align, &off, &got, &tb);
     if (rc < 0) {
         /* a fresh region of ceil(size / page) pages always fits */
         pa_huge_emptied(h, r);
@@ -743,7 +748,9 @@ static int pa_huge_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
                          r->len, size);
     }
     pa_regidx_update(&h->idx, &r->node);
-found:
+found:;
+    size_t span = got;
+    got = size; /* the padding past the block is never handed out: left as it is */
     if (h->empty == r) {
         h->empty = NULL; /* it gets a live block below (or is emptied again) */
     }
@@ -771,6 +778,7 @@ found:
     blk->cpu = r->cpu + off;
     blk->device_address = r->phys + off;
     blk->size = got;
+    blk->span = span;
     blk->coherent = coherent;
     blk->handle = tb;
     blk->aux = (uint64_t)(uintptr_t)r;

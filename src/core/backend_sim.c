@@ -324,15 +324,21 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                          (unsigned long long)s->base, (unsigned long long)be->alloc_max);
     }
     int rc;
+    /* the block's span: its alignment padding is its own (pa_padded_size) */
+    size_t want = pa_padded_size(size, align);
+    if (want == 0) {
+        return pa_seterr(err, ENOMEM, "sim backend cannot allocate %zu bytes (align %zu)", size,
+                         align);
+    }
     if ((s->base & (align - 1)) == 0) {
-        rc = pa_tlsf_alloc_below(s->tlsf, size, align, lim, &off, &got, &h);
+        rc = pa_tlsf_alloc_below(s->tlsf, want, align, lim, &off, &got, &h);
     } else {
         /* base_address is not aligned to align, so aligned offsets would not
          * give aligned device addresses: take a block with room to skip to
          * the first aligned device address (the device's alignment is what
          * counts; the CPU address then has the base's misalignment) */
         size_t span;
-        if (__builtin_add_overflow(size, align - PA_LINE, &span)) {
+        if (__builtin_add_overflow(want, align - PA_LINE, &span)) {
             return pa_seterr(err, ENOMEM, "sim backend cannot allocate %zu bytes (align %zu)",
                              size, align);
         }
@@ -349,17 +355,16 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
                          size, align, (unsigned long long)be->alloc_max + 1);
     }
     if (rc < 0) {
-        pa_tlsf_stats st;
-        pa_tlsf_get_stats(s->tlsf, &st);
+        /* pa.c appends info()'s figures (used, requested, free, largest free) */
         return pa_seterr(err, -rc,
-                         "sim backend cannot allocate %zu bytes (align %zu): %zu bytes free, "
-                         "largest free block %zu bytes of %zu; free buffers or open the sim "
+                         "sim backend cannot allocate %zu bytes (align %zu): no free block "
+                         "holds them with their alignment padding; free buffers or open the sim "
                          "backend with a larger size= option",
-                         size, align, st.free, st.largest_free, st.total);
+                         size, align);
     }
     bool coherent = (flags & PA_CACHED) == 0 || be->cached_coherent;
     off += skip; /* the skipped lines stay unallocated for the device */
-    got -= skip;
+    got = size;  /* so does the padding after the block (the TLSF block's rest) */
     pa_sim_zero(s, s->cpu, off, got);
     if (!coherent) {
         /* a coherent block's lines live in CPU memory: the device side is
@@ -376,6 +381,7 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     blk->size = got;
     blk->coherent = coherent;
     blk->handle = h;
+    blk->span = pa_tlsf_size(h); /* with the lines skipped to align */
     blk->aux = off; /* the TLSF block may start before it (skip above) */
     return 0;
 }

@@ -943,7 +943,10 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
         }
     }
     size_t lim = pa_region_limit(be, u->dev.phys, (size_t)u->dev.size);
-    rc = lim == 0 ? -ENOMEM : pa_tlsf_alloc_below(u->tlsf, size, align, lim, &off, &got, &tb);
+    /* the block's span: its alignment padding is its own (pa_padded_size) */
+    size_t want = pa_padded_size(size, align);
+    rc = lim == 0 || want == 0 ? -ENOMEM
+                               : pa_tlsf_alloc_below(u->tlsf, want, align, lim, &off, &got, &tb);
     if (rc < 0 && lim < (size_t)u->dev.size) {
         return pa_seterr(err, ENOMEM,
                          "u-dma-buf %s (device addresses 0x%llx-0x%llx) has no %zu free bytes "
@@ -955,15 +958,15 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
                          (unsigned long long)be->alloc_max + 1);
     }
     if (rc < 0) {
-        pa_tlsf_stats st;
-        pa_tlsf_get_stats(u->tlsf, &st);
+        /* pa.c appends info()'s figures (used, requested, free, largest free) */
         return pa_seterr(err, -rc,
-                         "u-dma-buf %s cannot allocate %zu bytes (align %zu): %zu bytes free, "
-                         "largest free block %zu of %zu; free buffers or give the device a "
-                         "larger buffer (udmabuf0=SIZE when loading the module, or size = <...> "
-                         "in the device tree)",
-                         u->dev.node, size, align, st.free, st.largest_free, st.total);
+                         "u-dma-buf %s cannot allocate %zu bytes aligned to %zu: no free block "
+                         "holds them with their alignment padding; free buffers or give the "
+                         "device a larger buffer (udmabuf0=SIZE when loading the module, or "
+                         "size = <...> in the device tree)",
+                         u->dev.node, size, align);
     }
+    got = size; /* the padding after it is never handed out */
     if (!be->cached_coherent) {
         rc = pa_udmabuf_map_pages(u, off / u->page, (off + got - 1) / u->page,
                                   wc ? PA_PAGE_WC : PA_PAGE_CACHED, err);
@@ -981,6 +984,7 @@ static int pa_udmabuf_alloc(pa_backend *be, size_t size, size_t align, unsigned 
     blk->cpu = u->cpu + off;
     blk->device_address = u->dev.phys + off;
     blk->size = got;
+    blk->span = pa_tlsf_size(tb);
     blk->coherent = be->cached_coherent || wc;
     blk->handle = tb;
     blk->aux = off;

@@ -491,6 +491,8 @@ static int pa_xlnk_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     blk->cpu = c->pc.cpu + off;
     blk->device_address = c->pc.device + off;
     blk->size = size;
+    /* pooled: with its alignment padding (pool.h); its own: whole pages */
+    blk->span = tb != NULL ? pa_tlsf_size(tb) : (c->pc.len + x->page - 1) & ~(x->page - 1);
     blk->coherent = !cached;
     blk->handle = c;
     blk->aux = (uint64_t)(uintptr_t)tb;

@@ -647,6 +647,7 @@ static int pa_zocl_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
     blk->cpu = bo->pc.cpu + off;
     blk->device_address = bo->pc.device + off;
     blk->size = size;
+    blk->span = (bo->pc.len + z->page - 1) & ~(z->page - 1); /* the BO: whole pages */
     blk->coherent = !cacheable || bo->pl_ddr;
     blk->handle = NULL;
     blk->aux = (uint64_t)(uintptr_t)bo;
@@ -665,6 +666,7 @@ pooled:
     blk->cpu = bo->pc.cpu + off;
     blk->device_address = bo->pc.device + off;
     blk->size = got;
+    blk->span = pa_tlsf_size(tb); /* with its alignment padding (pool.h) */
     blk->coherent = !cacheable || bo->pl_ddr;
     blk->handle = tb;
     blk->aux = (uint64_t)(uintptr_t)bo;

@@ -373,10 +373,26 @@ int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block
     return pa_alloc_below(be, size, align, flags, UINT64_MAX, blk, err);
 }
 
+/* An out-of-memory message from the backend gets info()'s figures, taken
+ * under the same lock hold, so that what it quotes is what info() says. */
+static void pa_explain_full(pa_backend *be, pa_err *err)
+{
+    pa_info i;
+    memset(&i, 0, sizeof(i));
+    be->ops->info(be, &i);
+    size_t len = strlen(err->msg);
+    snprintf(err->msg + len, sizeof(err->msg) - len,
+             "; info(): used %llu of %llu bytes by %llu buffer(s) (%llu requested), free %llu, "
+             "largest_free %llu",
+             (unsigned long long)be->used, (unsigned long long)i.total,
+             (unsigned long long)be->buffers, (unsigned long long)be->requested,
+             (unsigned long long)i.free, (unsigned long long)i.largest_free);
+}
+
 int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
                    pa_block *blk, pa_err *err)
 {
-    size_t asked = size == 0 ? 1 : size;
+    size_t asked = size == 0 ? 1 : size, nbytes = size;
     size_t rounded;
     if (size == 0) {
         size = 1; /* zero-size arrays still get a real, unique device address */
@@ -408,6 +424,9 @@ int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, ui
     be->alloc_max = max_addr;
     int rc = be->ops->alloc(be, rounded, align, flags, blk, err);
     be->alloc_max = UINT64_MAX;
+    if (rc == -ENOMEM) {
+        pa_explain_full(be, err);
+    }
     if (rc == 0 && (blk->device_address > max_addr || asked - 1 > max_addr - blk->device_address)) {
         /* memory from the kernel lands where the kernel puts it: check it */
         unsigned long long lo = blk->device_address, hi = lo + asked - 1;
@@ -421,7 +440,13 @@ int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, ui
                                             : "this backend cannot choose where its memory lies");
     }
     if (rc == 0) {
-        be->used += blk->size;
+        if (blk->span < blk->size) {
+            blk->span = blk->size;
+        }
+        size_t slack = blk->size - (nbytes < blk->size ? nbytes : blk->size);
+        blk->slack = slack > UINT32_MAX ? UINT32_MAX : (uint32_t)slack;
+        be->used += blk->span;
+        be->requested += blk->size - blk->slack;
         be->buffers++;
     }
     pthread_mutex_unlock(&be->lock);
@@ -464,7 +489,8 @@ void pa_free(pa_backend *be, pa_block *blk)
         return;
     }
     pa_lock(&be->lock);
-    be->used -= blk->size;
+    be->used -= blk->span;
+    be->requested -= blk->size - blk->slack;
     be->buffers--;
     /* an inherited block is the parent's: the child only forgets it */
     if (!pa_inherited(be)) {
@@ -542,6 +568,7 @@ void pa_get_info(pa_backend *be, pa_info *info)
     pa_lock(&be->lock);
     be->ops->info(be, info);
     info->used = be->used;
+    info->requested = be->requested;
     info->buffers = be->buffers;
     pthread_mutex_unlock(&be->lock);
     info->coherent = pa_default_coherent(be);

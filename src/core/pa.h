@@ -16,6 +16,15 @@
 
 #define PA_ERR_LEN 512
 #define PA_LINE 64 /* allocation granule: no two blocks share a cache line */
+/* Where a backend sub-allocates a region (sim, hugepage, pools), a block aligned
+ * to A takes its size rounded up to a multiple of min(A, PA_PAD_MAX) from
+ * the region (pa_padded_size; the block's span): the padding up to the next
+ * A boundary, which the next block of the same alignment could not use, is
+ * the block's, so info()'s used and free say what is really taken and what
+ * can still be had at that alignment. Above one page, the lead gap before an
+ * aligned block stays free (a page-aligned block can use it) and only the
+ * tail is rounded, to a page. */
+#define PA_PAD_MAX 4096
 
 /* Error text for the binding: what failed, errno text, what to do. */
 typedef struct pa_err {
@@ -49,12 +58,20 @@ typedef struct pa_block {
     bool coherent;           /* no cache maintenance needed */
     bool foreign;            /* memory another owner provides (pa_adopt): never freed here;
                               * synced with the CPU's own cache maintenance */
+    uint32_t slack;          /* size minus the bytes asked for (pa.c; saturates) */
+    size_t span;             /* bytes the block takes from the backend's memory: size plus
+                              * what no other block can use (sim: lines skipped to align
+                              * on an unaligned base); 0 from a backend means size (pa.c) */
     void *handle;            /* backend private (allocator node, BO ...) */
     uint64_t aux;            /* backend private */
 } pa_block;
 
 typedef struct pa_info {
-    uint64_t total, used, free, largest_free, buffers;
+    /* used: bytes live blocks occupy (their spans: line rounding, alignment
+     * padding, skipped lines); requested: bytes asked for (allocate()'s
+     * nbytes, 0 for an empty array); free: total - used where the backend
+     * sub-allocates one region (sim, hugepage), else what its source has */
+    uint64_t total, used, free, largest_free, buffers, requested;
     bool coherent;  /* a block allocated with cacheable=None is coherent */
     bool cacheable; /* the backend's default: open_backend(..., cacheable=True) */
     size_t line_size;
@@ -128,7 +145,8 @@ struct pa_backend {
                            * Sub-allocators place the block below it; pa.c checks all. */
     const char *low_hint; /* set by open: where this backend's memory comes from and how
                            * to get memory below an address limit (for the error) */
-    uint64_t used;        /* bytes in live blocks (maintained by pa.c) */
+    uint64_t used;        /* bytes live blocks occupy: sum of spans (maintained by pa.c) */
+    uint64_t requested;   /* bytes asked for by live blocks (pa.c) */
     uint64_t buffers;     /* live blocks */
     unsigned long gen;    /* fork generation it was opened in (pa.c) */
     pa_backend *next, *prev; /* every open backend, for the fork handler (pa.c) */
@@ -157,6 +175,20 @@ const char *pa_known_backends(void); /* "sim, hugepage, ..." */
 extern const pa_ops *const pa_all_ops[]; /* NULL-terminated, in probe order */
 int pa_open(const char *spec, const pa_option *opts, size_t nopts, pa_backend **out, pa_err *err);
 int pa_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk, pa_err *err);
+/* a block's span in a sub-allocated region: size (at least 1) rounded up to
+ * PA_LINE and then to min(align, PA_PAD_MAX); 0 when that overflows */
+static inline size_t pa_padded_size(size_t size, size_t align)
+{
+    size_t to = align < PA_LINE ? PA_LINE : align < PA_PAD_MAX ? align : PA_PAD_MAX;
+    size_t r;
+    if (size == 0) {
+        size = 1;
+    }
+    if ((to & (to - 1)) != 0 || __builtin_add_overflow(size, to - 1, &r)) {
+        return 0;
+    }
+    return r & ~(to - 1);
+}
 /* every byte of the block at a device address <= max_addr (address_bits=N: 2**N - 1) */
 int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
                    pa_block *blk, pa_err *err);

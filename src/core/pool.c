@@ -46,6 +46,24 @@ static void pa_pool_release(pa_pool *p, pa_pool_chunk *c)
     p->release(p->ctx, c);
 }
 
+/* the block takes its alignment padding from the chunk (pa_padded_size: it
+ * is the block's span, pa_tlsf_size(*tb)); *got is what it hands out. A
+ * request that fits only without the padding gets none (a chunk barely
+ * larger than the request). */
+static int pa_pool_take(pa_tlsf *t, size_t size, size_t align, size_t *off, size_t *got,
+                        pa_tlsf_block **tb)
+{
+    size_t want = pa_padded_size(size, align);
+    int rc = want == 0 ? -ENOMEM : pa_tlsf_alloc(t, want, align, off, got, tb);
+    if (rc == -ENOMEM && want != size) {
+        rc = pa_tlsf_alloc(t, size, align, off, got, tb);
+    }
+    if (rc == 0 && *got > size) {
+        *got = (size + PA_LINE - 1) & ~((size_t)PA_LINE - 1);
+    }
+    return rc;
+}
+
 int pa_pool_alloc(pa_pool *p, size_t size, size_t align, pa_pool_chunk **c, size_t *off,
                   size_t *got, pa_tlsf_block **tb)
 {
@@ -53,7 +71,7 @@ int pa_pool_alloc(pa_pool *p, size_t size, size_t align, pa_pool_chunk **c, size
         if (k->tlsf == NULL || k->device % align != 0) {
             continue;
         }
-        int rc = pa_tlsf_alloc(k->tlsf, size, align, off, got, tb);
+        int rc = pa_pool_take(k->tlsf, size, align, off, got, tb);
         if (rc == 0) {
             k->live++;
             *c = k;
@@ -88,7 +106,7 @@ int pa_pool_adopt(pa_pool *p, pa_pool_chunk *c, bool zeroed, size_t size, size_t
     if (rc < 0) {
         return rc;
     }
-    if (pa_tlsf_alloc(c->tlsf, size, align, off, got, tb) < 0) {
+    if (pa_pool_take(c->tlsf, size, align, off, got, tb) < 0) {
         pa_pool_unlink(p, c);
         pa_tlsf_destroy(c->tlsf);
         c->tlsf = NULL;

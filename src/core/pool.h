@@ -35,8 +35,10 @@ typedef struct pa_pool {
 void pa_pool_init(pa_pool *p, pa_pool_release_fn release, void *ctx);
 
 /* Room for size bytes (align <= each chunk's device alignment) in a chunk of
- * the pool: 0 with the chunk, the offset, the rounded size and the TLSF
- * handle; -ENOMEM when no chunk has room; other -errno for bad arguments. */
+ * the pool: 0 with the chunk, the offset, the size rounded to lines and the
+ * TLSF handle (the block also takes its alignment padding, up to a page:
+ * pa_padded_size; pa_tlsf_size(handle) is its span); -ENOMEM when no chunk
+ * has room; other -errno for bad arguments. */
 int pa_pool_alloc(pa_pool *p, size_t size, size_t align, pa_pool_chunk **c, size_t *off,
                   size_t *got, pa_tlsf_block **tb);
 

@@ -216,10 +216,10 @@ static PyObject *backend_info(PyObject *op, PyObject *unused)
     (void)unused;
     BackendObject *self = (BackendObject *)op;
     if (self->be == NULL) {
-        return Py_BuildValue("{s:s,s:O,s:i,s:i,s:i,s:i,s:i,s:O,s:O}", "name", self->ops->name,
-                             "spec", self->spec, "total", 0,
-                             "used", 0, "free", 0, "largest_free", 0, "buffers", 0, "coherent",
-                             Py_None, "closed", Py_True);
+        return Py_BuildValue("{s:s,s:O,s:i,s:i,s:i,s:i,s:i,s:i,s:O,s:O}", "name",
+                             self->ops->name, "spec", self->spec, "total", 0, "used", 0,
+                             "requested", 0, "free", 0, "largest_free", 0, "buffers", 0,
+                             "coherent", Py_None, "closed", Py_True);
     }
     pa_info info;
     pa_backend *be = self->be;
@@ -231,9 +231,10 @@ static PyObject *backend_info(PyObject *op, PyObject *unused)
         return backend_info(op, unused); /* closed meanwhile: report it closed */
     }
     PyObject *res = Py_BuildValue(
-        "{s:s,s:O,s:K,s:K,s:K,s:K,s:K,s:O,s:O,s:n,s:O,s:s}", "name", self->be->ops->name, "spec",
-        self->spec, "total", (unsigned long long)info.total, "used",
-        (unsigned long long)info.used, "free", (unsigned long long)info.free, "largest_free",
+        "{s:s,s:O,s:K,s:K,s:K,s:K,s:K,s:K,s:O,s:O,s:n,s:O,s:s}", "name", self->be->ops->name,
+        "spec", self->spec, "total", (unsigned long long)info.total, "used",
+        (unsigned long long)info.used, "requested", (unsigned long long)info.requested, "free",
+        (unsigned long long)info.free, "largest_free",
         (unsigned long long)info.largest_free, "buffers", (unsigned long long)info.buffers,
         "coherent", info.coherent ? Py_True : Py_False, "cacheable",
         info.cacheable ? Py_True : Py_False, "cache_line_size", (Py_ssize_t)info.line_size,
@@ -392,9 +393,10 @@ PyDoc_STRVAR(allocate_doc,
              "allocate($self, shape, dtype='u4', *, cacheable=None, align=None, "
              "address_bits=None)\n--\n\n"
              "Allocate a zeroed Buffer from this backend.");
-PyDoc_STRVAR(info_doc, "info($self)\n--\n\nA dict: name, total, used, free, largest_free, buffers "
-                       "(bytes and counts), coherent (of a cacheable=None buffer), cacheable (the "
-                       "backend's default), cache_line_size, closed, check, lowest_address, "
+PyDoc_STRVAR(info_doc, "info($self)\n--\n\nA dict: name, total, used (what live buffers occupy: "
+                       "lines and alignment padding), requested (their nbytes), free, "
+                       "largest_free, buffers (bytes and counts), coherent (of a "
+                       "cacheable=None buffer), cacheable (the backend's default), cache_line_size, closed, check, lowest_address, "
                        "highest_address (None where only the kernel knows), base_address (sim).");
 PyDoc_STRVAR(close_doc, "close($self)\n--\n\nNo new allocations; the backend's resources are "
                         "released when its last buffer is gone (at once if there is none).");

@@ -161,6 +161,49 @@ static void test_alignment(void)
           nreleased - before);
 }
 
+/* A block takes its alignment padding (up to a page) from its chunk: 64 B at
+ * align 4096 hands out 64 bytes but its span is a page, so a 64 KiB chunk
+ * holds 16 of them and stats count the spans; a request that fits only
+ * without the padding still gets in. */
+static void test_alignment_padding_is_the_blocks(void)
+{
+    pa_pool p;
+    pa_pool_init(&p, fake_release, NULL);
+    pa_pool_chunk *c;
+    size_t off, got, n = 0;
+    pa_tlsf_block *tb, *tbs[32];
+    fake_chunk *f = fake_new(0x90000000, 0);
+    int ok = pa_pool_adopt(&p, &f->pc, true, 64, 4096, &off, &got, &tb) == 0 && got == 64 &&
+             pa_tlsf_size(tb) == 4096 && off == 0;
+    tbs[n++] = tb;
+    while (ok && pa_pool_alloc(&p, 64, 4096, &c, &off, &got, &tb) == 0) {
+        ok = got == 64 && pa_tlsf_size(tb) == 4096 && off % 4096 == 0 && n < 32;
+        tbs[n++] = tb;
+    }
+    check(ok && n == CHUNK / 4096, "64 B at align 4096 takes a page of the chunk each",
+          "%zu blocks, got %zu", n, got);
+    uint64_t free_bytes = 0, largest = 0; /* pa_pool_stats adds to them */
+    pa_pool_stats(&p, &free_bytes, &largest);
+    check(free_bytes == 0 && largest == 0, "the chunk counts as full: no free padding",
+          "free %llu largest %llu", (unsigned long long)free_bytes, (unsigned long long)largest);
+    check(pa_pool_alloc(&p, 64, 64, &c, &off, &got, &tb) == -ENOMEM,
+          "not even a 64-aligned block fits in the padding", "off %zu", off);
+    while (n > 0) {
+        pa_pool_free(&p, &f->pc, tbs[--n]);
+    }
+    pa_pool_close(&p);
+    /* a chunk of CHUNK - 64 bytes: CHUNK - 128 bytes at align 4096, padded to
+     * CHUNK, would not fit; without the padding they do */
+    pa_pool_init(&p, fake_release, NULL);
+    fake_chunk *g = fake_new(0xa0000000, 0);
+    g->pc.len = CHUNK - 64;
+    check(pa_pool_adopt(&p, &g->pc, true, CHUNK - 128, 4096, &off, &got, &tb) == 0 &&
+              got == CHUNK - 128 && pa_tlsf_size(tb) == CHUNK - 128,
+          "a request that fits only without its padding gets none", "got %zu", got);
+    pa_pool_free(&p, &g->pc, tb);
+    pa_pool_close(&p);
+}
+
 static void test_plain_list(void)
 {
     pa_pool own;
@@ -186,6 +229,7 @@ int main(void)
     test_requests_fill_chunks_in_turn();
     test_reused_ranges_are_zeroed();
     test_alignment();
+    test_alignment_padding_is_the_blocks();
     test_plain_list();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
