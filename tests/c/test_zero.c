@@ -1,6 +1,6 @@
-/* Plain-C tests of pa_zero (src/core/zero.c): every byte of the range reads
- * zero afterwards and no byte outside it changes, for small and large sizes
- * (memset and non-temporal paths), aligned and unaligned starts and ends. */
+/* Plain-C tests of pa_zero and pa_zero_nt (src/core/zero.c): every byte of
+ * the range reads zero afterwards and no byte outside it changes, on both
+ * paths, with aligned and unaligned starts and ends. */
 #define _GNU_SOURCE
 #include "zero.h"
 
@@ -20,12 +20,13 @@ static unsigned char pattern(size_t i)
     return (unsigned char)(i * 131u + 7u) | 1u; /* never 0 */
 }
 
-static void one(unsigned char *base, size_t total, size_t off, size_t n)
+static void one(void (*zero)(void *, size_t), const char *fn, unsigned char *base, size_t total,
+                size_t off, size_t n)
 {
     for (size_t i = 0; i < total; i++) {
         base[i] = pattern(i);
     }
-    pa_zero(base + off, n);
+    zero(base + off, n);
     size_t bad_in = SIZE_MAX, bad_out = SIZE_MAX;
     for (size_t i = 0; i < total; i++) {
         bool in = i >= off && i < off + n;
@@ -37,7 +38,7 @@ static void one(unsigned char *base, size_t total, size_t off, size_t n)
         }
     }
     char name[96];
-    snprintf(name, sizeof(name), "pa_zero(off %zu, %zu bytes) zeroes exactly its range", off, n);
+    snprintf(name, sizeof(name), "%s(off %zu, %zu bytes) zeroes exactly its range", fn, off, n);
     check(bad_in == SIZE_MAX && bad_out == SIZE_MAX, name,
           "first nonzero byte inside at %zd, first changed byte outside at %zd",
           bad_in == SIZE_MAX ? (ssize_t)-1 : (ssize_t)bad_in,
@@ -46,21 +47,22 @@ static void one(unsigned char *base, size_t total, size_t off, size_t n)
 
 int main(void)
 {
-    const size_t big = PA_ZERO_NT_BYTES * 3;
-    size_t total = big + 2 * GUARD;
+    const size_t small = (size_t)3 << 20;
+    size_t total = PA_ZERO_NT_BYTES + 2 * GUARD;
     unsigned char *base =
         mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
         check(0, "mmap", "%s", strerror(errno));
     } else {
-        one(base, total, GUARD, 64);                             /* small, aligned */
-        one(base, total, GUARD + 3, 61);                         /* small, unaligned */
-        one(base, total, GUARD, PA_ZERO_NT_BYTES);               /* NT threshold exactly */
-        one(base, total, GUARD, big);                            /* NT, several MiB */
-        one(base, total, GUARD + 64, PA_ZERO_NT_BYTES * 2 + 64); /* NT, line-aligned offset */
-        one(base, total, GUARD + 1, PA_ZERO_NT_BYTES * 2);       /* unaligned start: memset */
-        one(base, total, GUARD, PA_ZERO_NT_BYTES * 2 + 5);       /* unaligned end: memset */
-        one(base, total, GUARD, PA_ZERO_NT_BYTES - 64);          /* just under the threshold */
+        size_t t = small + 2 * GUARD; /* the small cases look at this much */
+        one(pa_zero, "pa_zero", base, t, GUARD, 64);              /* small, aligned */
+        one(pa_zero, "pa_zero", base, t, GUARD + 3, 61);          /* small, unaligned */
+        one(pa_zero, "pa_zero", base, t, GUARD + 1, small);       /* unaligned start */
+        one(pa_zero, "pa_zero", base, t, GUARD, small + 5);       /* unaligned end */
+        one(pa_zero_nt, "pa_zero_nt", base, t, GUARD, 64);        /* one line */
+        one(pa_zero_nt, "pa_zero_nt", base, t, GUARD + 64, small); /* line-aligned offset */
+        /* the dispatch: a block at the threshold takes the streaming path */
+        one(pa_zero, "pa_zero", base, total, GUARD, PA_ZERO_NT_BYTES);
         munmap(base, total);
     }
     printf("%d passed, %d failed\n", passed, failed);
