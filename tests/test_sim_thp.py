@@ -27,8 +27,9 @@ def _vmflags(addr):
     raise AssertionError(f"no mapping holds {addr:#x}")
 
 
-thp = pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
-                         reason="this kernel has no transparent huge pages (CONFIG_TRANSPARENT_HUGEPAGE)")
+thp = pytest.mark.skipif(
+    not os.path.exists("/sys/kernel/mm/transparent_hugepage"),
+    reason="this kernel has no transparent huge pages (CONFIG_TRANSPARENT_HUGEPAGE)")
 
 
 @thp
