@@ -8,6 +8,7 @@
 #include "pagemap.h"
 #include "regidx.h"
 #include "tlsf.h"
+#include "zero.h"
 
 #include <ctype.h>
 #include <dirent.h>
@@ -754,10 +755,11 @@ found:;
     if (h->empty == r) {
         h->empty = NULL; /* it gets a live block below (or is emptied again) */
     }
-    /* hugetlb pages come zeroed from the kernel; only reused ranges need it */
+    /* hugetlb pages come zeroed from the kernel; only reused ranges need it,
+     * large ones with non-temporal stores (zero.h) */
     if (off < r->touched) {
         size_t end = off + got < r->touched ? off + got : r->touched;
-        memset(r->cpu + off, 0, end - off);
+        pa_zero(r->cpu + off, end - off);
     }
     if (off + got > r->touched) {
         r->touched = off + got;

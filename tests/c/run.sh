@@ -25,6 +25,7 @@ sources_for() {
         test_regidx) echo src/core/regidx.c src/core/tlsf.c ;;
         test_cache) echo src/core/cache.c ;;
         test_pool) echo src/core/pool.c src/core/tlsf.c ;;
+        test_zero) echo src/core/zero.c ;;
         *) echo src/core/*.c ;;
     esac
 }
