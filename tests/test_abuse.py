@@ -165,6 +165,53 @@ def test_setstate_is_refused_on_buffers_and_views():
         """)
 
 
+def test_data_cannot_be_reassigned():
+    # NumPy 1.x lets `arr.data = obj` replace an array's memory and drop its
+    # base (the anchor that counts plain views); NumPy 2 refuses it everywhere
+    run("""
+        import warnings
+        warnings.simplefilter('error')
+        b = open_backend('sim', size=1 << 20)
+        x = allocate(16, 'u4', target=b)
+        x[:] = np.arange(16)
+        addr, base = x.device_address, x.base
+        other = bytearray(64)
+        for target in (x, x[2:], x.view('u1')):
+            try:
+                target.data = other
+            except AttributeError as exc:
+                assert "'data' is read-only" in str(exc), exc
+            else:
+                raise AssertionError('data assignment accepted')
+        del target
+        assert x.base is base and x.device_address == addr
+        assert bytes(x.data) == np.arange(16, dtype='u4').tobytes()
+        del base
+        x.freebuffer()
+        assert b.info()['buffers'] == 0
+        print('ok')
+        """)
+
+
+def test_device_address_of_views_and_after_free():
+    # device_address is made once per Buffer and kept: it must be right for
+    # every view and gone (None) once the memory is released
+    run("""
+        b = open_backend('sim', size=1 << 20)
+        x = allocate((8, 16), 'u4', target=b)
+        a = x.device_address
+        assert x.device_address == a and x.physical_address == a
+        assert x[1].device_address == a + 64 and x[1:, 3:].device_address == a + 64 + 12
+        assert x[::-1].device_address == a + 7 * 64 and x.T.device_address == a
+        v = x[2]
+        assert v.device_address == a + 128 and v.device_address == a + 128
+        del v
+        x.freebuffer()
+        assert x.device_address is None and x.physical_address is None
+        print('ok')
+        """)
+
+
 def test_setstate_on_the_anchor_cannot_free_memory_in_use():
     run("""
         b = open_backend('sim', size=1 << 20)

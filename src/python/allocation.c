@@ -266,6 +266,7 @@ PyObject *pa_py_freebuffer(PyObject *self, PyObject *unused)
     }
     buf->freed = 1;
     buf->alloc = NULL;
+    Py_CLEAR(buf->address);
     a->views--;
     a->root = NULL;
     pa_py_allocation_release(a);

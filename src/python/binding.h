@@ -65,6 +65,9 @@ typedef struct {
     AllocationObject *alloc; /* strong; NULL for arrays not backed by device memory */
     int freed;               /* freebuffer() emptied this array */
     Py_ssize_t exports;      /* its own buffer-protocol exports (added to alloc's once linked) */
+    PyObject *address;       /* device_address as an int, made on first use (a Buffer's data
+                              * pointer never moves: `data` cannot be assigned); fits the
+                              * object's 128-byte allocation class */
 } BufferObject;
 
 extern PyTypeObject PaBackend_Type;

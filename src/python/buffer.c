@@ -41,6 +41,7 @@ static void buffer_dealloc(PyObject *self)
 {
     BufferObject *buf = (BufferObject *)self;
     AllocationObject *a = buf->alloc;
+    Py_CLEAR(buf->address);
     if (a != NULL) {
         buf->alloc = NULL;
         a->views--;
@@ -66,8 +67,16 @@ static PyObject *buffer_device_address(PyObject *self, void *closure)
     if (a == NULL) {
         Py_RETURN_NONE;
     }
-    uint64_t off = (uint64_t)(PyArray_BYTES((PyArrayObject *)self) - (char *)a->block.cpu);
-    return PyLong_FromUnsignedLongLong(a->block.device_address + off);
+    BufferObject *buf = (BufferObject *)self;
+    if (buf->address == NULL) {
+        uint64_t off = (uint64_t)(PyArray_BYTES((PyArrayObject *)self) - (char *)a->block.cpu);
+        buf->address = PyLong_FromUnsignedLongLong(a->block.device_address + off);
+        if (buf->address == NULL) {
+            return NULL;
+        }
+    }
+    Py_INCREF(buf->address);
+    return buf->address;
 }
 
 static PyObject *buffer_virtual_address(PyObject *self, void *closure)
@@ -328,6 +337,7 @@ static binaryfunc pa_ndarray_subscript;
 static ssizeargfunc pa_ndarray_item;
 static PyObject *pa_ndarray_view;     /* ndarray.view */
 static PyObject *pa_ndarray_flat;     /* ndarray.flat descriptor */
+static PyObject *pa_ndarray_data;     /* ndarray.data descriptor */
 
 /* buf[i] of a structured dtype is a scalar that points into the buffer */
 static PyObject *buffer_subscript(PyObject *self, PyObject *key)
@@ -391,6 +401,25 @@ static int buffer_flat_set(PyObject *self, PyObject *value, void *closure)
 {
     (void)closure;
     return Py_TYPE(pa_ndarray_flat)->tp_descr_set(pa_ndarray_flat, self, value);
+}
+
+static PyObject *buffer_data_get(PyObject *self, void *closure)
+{
+    (void)closure;
+    return Py_TYPE(pa_ndarray_data)->tp_descr_get(pa_ndarray_data, self, (PyObject *)Py_TYPE(self));
+}
+
+/* NumPy 1.x lets `arr.data = obj` swap an array's memory and drop its base
+ * (what keeps the device memory counted); NumPy 2 refuses it for every array */
+static int buffer_data_set(PyObject *self, PyObject *value, void *closure)
+{
+    (void)self;
+    (void)value;
+    (void)closure;
+    PyErr_SetString(PyExc_AttributeError,
+                    "a pynq_alloc Buffer's memory cannot be replaced ('data' is read-only); "
+                    "copy into it with buf[...] = values");
+    return -1;
 }
 
 /* ufunc and reduction results do not share the allocation: plain ndarrays */
@@ -651,6 +680,8 @@ static PyGetSetDef buffer_getset[] = {
     {"coherent", buffer_coherent, NULL, "True if no flush()/invalidate() is needed.", NULL},
     {"cacheable", buffer_coherent, NULL, "not coherent (PYNQ's definition).", "cacheable"},
     {"backend", buffer_backend, NULL, "The backend the memory came from.", NULL},
+    {"data", buffer_data_get, buffer_data_set,
+     "numpy.ndarray.data (read-only: the memory of a Buffer cannot be replaced).", NULL},
     {"flat", buffer_flat_get, buffer_flat_set,
      "numpy.ndarray.flat; a live iterator counts as a plain view for freebuffer().", NULL},
     {NULL, NULL, NULL, NULL, NULL},
@@ -691,7 +722,9 @@ int pa_py_buffer_ready(void)
     pa_ndarray_item = PyArray_Type.tp_as_sequence->sq_item;
     pa_ndarray_view = PyDict_GetItemString(PyArray_Type.tp_dict, "view");
     pa_ndarray_flat = PyDict_GetItemString(PyArray_Type.tp_dict, "flat");
-    if (pa_ndarray_view == NULL || pa_ndarray_flat == NULL ||
+    pa_ndarray_data = PyDict_GetItemString(PyArray_Type.tp_dict, "data");
+    if (pa_ndarray_view == NULL || pa_ndarray_flat == NULL || pa_ndarray_data == NULL ||
+        Py_TYPE(pa_ndarray_data)->tp_descr_get == NULL ||
         Py_TYPE(pa_ndarray_flat)->tp_descr_set == NULL) {
         PyErr_SetString(PyExc_ImportError, "pynq_alloc: numpy.ndarray has no view/flat");
         return -1;
@@ -703,6 +736,7 @@ int pa_py_buffer_ready(void)
     }
     Py_INCREF(pa_ndarray_view); /* kept for the life of the process, as the type is */
     Py_INCREF(pa_ndarray_flat);
+    Py_INCREF(pa_ndarray_data);
     Py_INCREF(pa_ndarray_dlpack);
     pa_numpy1 = PyArray_GetNDArrayCVersion() < 0x02000000;
     if (PyType_Ready(&PaAllocation_Type) < 0 || PyType_Ready(&FinalizeDescr_Type) < 0 ||
