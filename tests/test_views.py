@@ -103,3 +103,25 @@ def test_memoryview_and_frombuffer_see_the_memory(sim):
 def test_coherent_view_attributes(sim):
     buf = sim.allocate(8, cacheable=False)
     assert buf[2:].coherent is True and buf[2:].backend is sim
+
+
+def test_buffer_type_gives_array_finalize_as_the_descriptor_does(sim):
+    # Buffer's metatype answers NumPy's per-view lookup of __array_finalize__
+    # itself: the same object the descriptor gives, and only for Buffer
+    descr = Buffer.__dict__["__array_finalize__"]
+    assert Buffer.__array_finalize__ is descr.__get__(None, Buffer)
+    assert type(Buffer).__name__ == "_BufferType" and isinstance(Buffer, type)
+
+    calls = []
+
+    class Sub(Buffer):
+        def __array_finalize__(self, obj):
+            calls.append(type(obj).__name__)
+            super().__array_finalize__(obj)
+
+    assert Sub.__array_finalize__ is Sub.__dict__["__array_finalize__"]
+    buf = sim.allocate(16, 'u1')
+    view = buf.view(Sub)[4:]
+    assert type(view) is Sub and calls
+    assert view.device_address == buf.device_address + 4
+    assert pickle.loads(pickle.dumps(Buffer)) is Buffer
