@@ -358,7 +358,7 @@ def bytes_per_buffer(q, huge, repeats):
     cases = [("sim", n, 64, 2.0), ("sim", n, None, None)]
     if huge is not None:
         # 20 000 at align=4096 take 40 of the machine's shared 2 MiB pages
-        cases += [("hugepage", n, 64, None), ("hugepage", min(n, 20_000), None, None)]
+        cases += [("hugepage", n, 64, 2.0), ("hugepage", min(n, 20_000), None, None)]
     for kind, cnt, align, goal in cases:
         try:
             ours, base, ratios = [], [], []
