@@ -752,7 +752,7 @@ int pa_py_buffer_ready(void)
     if (pa_ndarray_view == NULL || pa_ndarray_flat == NULL || pa_ndarray_data == NULL ||
         Py_TYPE(pa_ndarray_data)->tp_descr_get == NULL ||
         Py_TYPE(pa_ndarray_flat)->tp_descr_set == NULL) {
-        PyErr_SetString(PyExc_ImportError, "pynq_alloc: numpy.ndarray has no view/flat");
+        PyErr_SetString(PyExc_ImportError, "pynq_alloc: numpy.ndarray has no view/flat/data");
         return -1;
     }
     pa_ndarray_dlpack = PyDict_GetItemString(PyArray_Type.tp_dict, "__dlpack__");
