@@ -507,6 +507,45 @@ def huge_big(n):
     return None, why
 
 
+def floor_row(label, rows, repeats):
+    """The hardware's floor for the ROI row just above: the same lines in a
+    plain C loop (bench/floor.c, built here with $CC or cc), no pynq_alloc
+    code: sim's flush copies each line to the device side, hugepage's cleans it
+    from the CPU cache."""
+    import shlex
+    import shutil
+    import tempfile
+    mode = "copy" if label == "sim" else "clean"
+    cc = shlex.split(os.environ.get("CC", "")) or [shutil.which("cc") or shutil.which("gcc") or ""]
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "floor.c")
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = os.path.join(tmp, "floor")
+        try:
+            built = subprocess.run(cc + ["-std=c11", "-O2", "-Wall", "-Wextra", "-o", exe, src], capture_output=True,
+                                   text=True)
+        except OSError as exc:
+            print(f"(floor for the ROI flush on {label} not measured: no C compiler: {exc})")
+            return
+        if built.returncode != 0:
+            print(f"(floor for the ROI flush on {label} not measured: {' '.join(cc)} failed: "
+                  f"{built.stderr.strip()[-200:]})")
+            return
+        out = subprocess.run([exe, mode, str(rows), "1024", str(repeats)], capture_output=True,
+                             text=True)
+    if out.returncode != 0:
+        print(f"(floor for the ROI flush on {label} not measured: {out.stdout.strip()}"
+              f"{out.stderr.strip()})")
+        return
+    ratio, t_rows, t_contig = (float(x) for x in out.stdout.split())
+    what = ("copy of one 64 B line per row (faster of memcpy per line and streaming stores)"
+            if mode == "copy" else "cache clean of one line per row")
+    ROWS.append(dict(name=f"  floor: {what}, plain C (bench/floor.c), {label}",
+                     baseline=f"the same {rows} lines contiguous" +
+                     (" (memcpy)" if mode == "copy" else ""),
+                     ours=[t_rows], base=[t_contig], ratio=ratio, goal=None, pynq=None,
+                     unit="ns"))
+
+
 def round_two(q, repeats, huge, glb, number):
     """Issue 13's figures (big buffers, many buffers, busy threads)."""
     n_live = 500 if q else 100_000
@@ -558,6 +597,7 @@ def round_two(q, repeats, huge, glb, number):
                    f"contiguous flush of the same {rows} lines")
         del roi, contig, img
         be.close()
+        floor_row(label, rows, 3 if q else 21)
 
     # 3. allocate() latency on one thread while another flushes 64 MiB
     big = (1 << 20) if q else (64 << 20)

@@ -14,7 +14,8 @@ def test_bench_quick_runs_and_reports_every_figure(tmp_path):
     for figure in ("buf[10:20]", "view.device_address", "allocate(1024, 'u4') + release, sim",
                    "allocate(16, 'u4', align=64)", "flush() on a coherent buffer",
                    "live buffers", "sim non-coherent flush()", "import + first allocate",
-                   "peak RSS", "flush() of 4 KiB, cacheable (sim"):
+                   "peak RSS", "flush() of 4 KiB, cacheable (sim",
+                   "floor: copy of one 64 B line per row"):
         assert figure in r.stdout, figure
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "x " in line]
     assert len(rows) >= 8
