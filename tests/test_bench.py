@@ -15,7 +15,8 @@ def test_bench_quick_runs_and_reports_every_figure(tmp_path):
                    "allocate(16, 'u4', align=64)", "flush() on a coherent buffer",
                    "live buffers", "sim non-coherent flush()", "import + first allocate",
                    "peak RSS", "flush() of 4 KiB, cacheable (sim",
-                   "floor: copy of one 64 B line per row"):
+                   "floor: copy of one 64 B line per row",
+                   "floor: a Buffer and its plain base per 64 B"):
         assert figure in r.stdout, figure
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "x " in line]
     assert len(rows) >= 8
