@@ -237,10 +237,11 @@ static void pa_sim_pages(size_t off, size_t len, size_t *lo, size_t *hi)
     }
 }
 
-/* zero [off, off+len) of one mapping: only below s->touched (above it the
- * kernel's pages are still zero); blocks of SIM_KEEP or more were handed back
- * to the kernel on free, so it zeroes them (MADV_DONTNEED), the rest is memset */
-static void pa_sim_zero(const pa_sim *s, uint8_t *map, size_t off, size_t len)
+/* zero [off, off+len) of one mapping once pa_alloc lets go of the lock: only
+ * below s->touched (above it the kernel's pages are still zero); blocks of
+ * SIM_KEEP or more were handed back to the kernel on free, so it zeroes them
+ * (discard: MADV_DONTNEED), the rest is memset */
+static void pa_sim_zero(pa_backend *be, const pa_sim *s, uint8_t *map, size_t off, size_t len)
 {
     if (map == NULL || off >= s->touched) {
         return;
@@ -248,16 +249,7 @@ static void pa_sim_zero(const pa_sim *s, uint8_t *map, size_t off, size_t len)
     if (off + len > s->touched) {
         len = s->touched - off;
     }
-    if (len >= SIM_KEEP) {
-        size_t lo, hi;
-        pa_sim_pages(off, len, &lo, &hi);
-        if (lo < hi && madvise(map + lo, hi - lo, MADV_DONTNEED) == 0) {
-            memset(map + off, 0, lo - off);
-            memset(map + hi, 0, off + len - hi);
-            return;
-        }
-    }
-    memset(map + off, 0, len);
+    pa_prep_zero(be, map + off, len, len >= SIM_KEEP);
 }
 
 /* The first 2 MiB of a block of SIM_KEEP bytes or more (memory the kernel
@@ -386,11 +378,11 @@ static int pa_sim_alloc(pa_backend *be, size_t size, size_t align, unsigned flag
     bool coherent = (flags & PA_CACHED) == 0 || be->cached_coherent;
     off += skip; /* the skipped lines stay unallocated for the device */
     got = size;  /* so does the padding after the block (the TLSF block's rest) */
-    pa_sim_zero(s, s->cpu, off, got);
+    pa_sim_zero(be, s, s->cpu, off, got);
     if (!coherent) {
         /* a coherent block's lines live in CPU memory: the device side is
          * never read for them (zeroed when a non-coherent block reuses it) */
-        pa_sim_zero(s, s->dev, off, got);
+        pa_sim_zero(be, s, s->dev, off, got);
     }
     if (off + got > s->touched) {
         s->touched = off + got;

@@ -3,6 +3,7 @@
 #define _GNU_SOURCE
 #include "pa.h"
 #include "cache.h"
+#include "zero.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -389,9 +390,72 @@ static void pa_explain_full(pa_backend *be, pa_err *err)
              (unsigned long long)i.free, (unsigned long long)i.largest_free);
 }
 
+void pa_prep_zero(pa_backend *be, void *p, size_t n, bool discard)
+{
+    pa_prep *w = be->prep;
+    if (n == 0) {
+        return;
+    }
+    if (w == NULL || w->nzero == PA_PREP_ZERO) {
+        pa_zero(p, n); /* no work list (or a full one): at once */
+        return;
+    }
+    w->zero[w->nzero].p = p;
+    w->zero[w->nzero].n = n;
+    w->zero[w->nzero].discard = discard;
+    w->nzero++;
+}
+
+void pa_prep_clean(pa_backend *be, void *p, size_t n)
+{
+    pa_prep *w = be->prep;
+    if (w == NULL || w->clean_len != 0) {
+        (void)pa_cache_clean(p, n); /* not reached: pa_alloc always passes a list */
+        return;
+    }
+    w->clean = p;
+    w->clean_len = n;
+}
+
+/* zeroes [p, p+n) by handing its whole pages back to the kernel (they read as
+ * zero and fault in again on use: no stores over megabytes) and memset of the
+ * partial pages at its ends; all memset if the kernel refuses */
+static void pa_zero_discard(void *p, size_t n)
+{
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t pg = ps > 0 ? (uintptr_t)ps : 4096, a = (uintptr_t)p;
+    uintptr_t lo = (a + pg - 1) & ~(pg - 1), hi = (a + n) & ~(pg - 1);
+    if (lo < hi && madvise((void *)lo, hi - lo, MADV_DONTNEED) == 0) {
+        memset(p, 0, lo - a);
+        memset((void *)hi, 0, a + n - hi);
+        return;
+    }
+    pa_zero(p, n);
+}
+
+static int pa_prep_run(const pa_prep *w, pa_err *err)
+{
+    for (int i = 0; i < w->nzero; i++) {
+        if (w->zero[i].discard) {
+            pa_zero_discard(w->zero[i].p, w->zero[i].n);
+        } else {
+            pa_zero(w->zero[i].p, w->zero[i].n);
+        }
+    }
+    if (w->clean_len != 0) {
+        int rc = pa_cache_clean(w->clean, w->clean_len);
+        if (rc < 0) {
+            return pa_seterr(err, -rc, "cleaning the cache over a new block failed (%s): %s",
+                             pa_cache_method(), strerror(-rc));
+        }
+    }
+    return 0;
+}
+
 int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,
                    pa_block *blk, pa_err *err)
 {
+    pa_prep prep;
     size_t asked = size == 0 ? 1 : size, nbytes = size;
     size_t rounded;
     if (size == 0) {
@@ -420,9 +484,12 @@ int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, ui
                          "usable)",
                          be->ops->name);
     }
+    memset(&prep, 0, sizeof(prep));
     pa_lock(&be->lock);
     be->alloc_max = max_addr;
+    be->prep = &prep;
     int rc = be->ops->alloc(be, rounded, align, flags, blk, err);
+    be->prep = NULL;
     be->alloc_max = UINT64_MAX;
     if (rc == -ENOMEM) {
         pa_explain_full(be, err);
@@ -450,6 +517,13 @@ int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, ui
         be->buffers++;
     }
     pthread_mutex_unlock(&be->lock);
+    if (rc == 0) {
+        /* the block is ours alone until we return it: no lock for its stores */
+        rc = pa_prep_run(&prep, err);
+        if (rc < 0) {
+            pa_free(be, blk);
+        }
+    }
     return rc;
 }
 

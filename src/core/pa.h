@@ -129,6 +129,25 @@ typedef struct pa_ops {
                          pa_err *err);
 } pa_ops;
 
+/* Work on a new block that ops->alloc leaves for pa_alloc to do after it lets
+ * go of the backend lock: by then the block is the caller's alone (not yet
+ * handed out), so zeroing it and cleaning it from the caches need no lock, and
+ * other threads' allocations do not wait behind megabytes of stores. Backends
+ * add to it with pa_prep_zero/pa_prep_clean while they hold the lock. */
+#define PA_PREP_ZERO 2
+typedef struct pa_prep {
+    struct {
+        void *p;
+        size_t n;
+        bool discard; /* may zero whole pages by handing them back to the kernel
+                       * (MADV_DONTNEED): only where the block's physical pages
+                       * don't matter (sim) */
+    } zero[PA_PREP_ZERO];
+    int nzero;
+    void *clean; /* then cleaned from the CPU caches (non-coherent blocks) */
+    size_t clean_len;
+} pa_prep;
+
 struct pa_backend {
     const pa_ops *ops;
     void *priv;
@@ -143,6 +162,8 @@ struct pa_backend {
     uint64_t alloc_max;   /* during ops->alloc (under lock): the highest device address the
                            * block may reach (address_bits); UINT64_MAX for no limit.
                            * Sub-allocators place the block below it; pa.c checks all. */
+    pa_prep *prep;        /* during ops->alloc (under lock): the caller's work list, or NULL
+                           * (then pa_prep_* do the work at once) */
     const char *low_hint; /* set by open: where this backend's memory comes from and how
                            * to get memory below an address limit (for the error) */
     uint64_t used;        /* bytes live blocks occupy: sum of spans (maintained by pa.c) */
@@ -153,6 +174,12 @@ struct pa_backend {
 };
 
 /* generic layer (pa.c) */
+
+/* From ops->alloc: zero [p, p+n) / clean [p, p+n) from the CPU caches once
+ * the backend lock is let go (pa_prep above), in the order added: zeroing
+ * first, then cleaning */
+void pa_prep_zero(pa_backend *be, void *p, size_t n, bool discard);
+void pa_prep_clean(pa_backend *be, void *p, size_t n);
 
 /* Blocking waits. The core never calls Python, but the binding calls it with
  * the GIL held: a thread that waited for a lock with the GIL held would stop
