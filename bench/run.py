@@ -182,6 +182,42 @@ def latency_under_flush(be, flusher_buf, n_alloc, repeats):
     return t_busy, t_idle, statistics.median(ratios)
 
 
+def beside_busy_thread(op, n_calls, repeats):
+    """op()'s median time while another Python thread computes (a pure-Python
+    loop: it holds the GIL whenever it can) vs with that thread asleep;
+    medians of interleaved repeats. A call that lets go of the GIL waits for
+    the busy thread's switch interval (5 ms) to get it back."""
+    import threading
+
+    def median_op():
+        out = []
+        for _ in range(n_calls):
+            time.sleep(0.002)
+            t0 = time.perf_counter()
+            op()
+            out.append((time.perf_counter() - t0) * 1e9)
+        return statistics.median(out)
+
+    t_busy, t_idle, ratios = [], [], []
+    for _ in range(repeats):
+        idle = median_op()
+        stop = threading.Event()
+
+        def spin():
+            x = 0
+            while not stop.is_set():
+                x += 1
+        t = threading.Thread(target=spin)
+        t.start()
+        busy = median_op()
+        stop.set()
+        t.join()
+        t_idle.append(idle)
+        t_busy.append(busy)
+        ratios.append(busy / idle)
+    return t_busy, t_idle, statistics.median(ratios)
+
+
 class BestFit:
     """Best-fit over one region (smallest free block that fits, lowest address
     on a tie; neighbours coalesce on free): the reference for the churn figure."""
@@ -648,6 +684,30 @@ def round_two(q, repeats, huge, glb, number):
                      base=idle, ratio=ratio, goal=None, pynq=None, unit="ns"))
     del fbuf
     sim2.close()
+
+    # 3a. calls next to a computing Python thread: short work keeps the GIL
+    # (pa.h PA_WORK_GIL_BYTES), so it does not wait out the other thread's
+    # switch interval; numpy's own GIL-free copy of the same bytes for reference
+    sim4 = pynq_alloc.open_backend("sim", size=64 << 20, cacheable=True)
+    fb = sim4.allocate(1 << 20, "u1")
+    src, dst = np.ones(1 << 20, "u1"), np.empty(1 << 20, "u1")
+
+    def flush_1m():
+        fb[0] = 1
+        fb.flush()
+
+    def alloc_8m():
+        sim4.allocate(8 << 20, "u1")
+    calls = 5 if q else 40
+    for label, op in (("sim flush() of 1 MiB (non-coherent)", flush_1m),
+                      ("sim allocate(8 MiB) + free", alloc_8m),
+                      ("  reference: numpy.copyto of 1 MiB", lambda: np.copyto(dst, src))):
+        busy, idle, ratio = beside_busy_thread(op, calls, max(1, repeats // 3))
+        ROWS.append(dict(name=f"{label} while another Python thread computes",
+                         baseline="the same, other thread asleep", ours=busy, base=idle,
+                         ratio=ratio, goal=None, pynq=None, unit="ns"))
+    del fb
+    sim4.close()
 
     # 3b. allocate + write every byte on sim vs numpy.zeros + write, 1 / 16 / 256
     # MiB; one warm-up each, so freed memory is reused as an application's loop

@@ -8,7 +8,19 @@ import time
 import numpy as np
 import pytest
 
+import pynq_alloc
+
 THREADS = 8
+
+
+@pytest.fixture(autouse=True)
+def gil_free_from_256k():
+    """Syncs and allocations from 256 KiB run without the GIL here (the
+    default threshold, 32 MiB on x86-64, would serialise these threads on
+    the GIL and leave the core's locking untested)."""
+    old = pynq_alloc._pynq_alloc._work_gil_bytes(256 << 10)
+    yield
+    pynq_alloc._pynq_alloc._work_gil_bytes(old)
 
 
 def hammer(be, rounds, big, errors):
@@ -53,9 +65,11 @@ def test_eight_threads_share_a_backend(backend, request):
     assert info["used"] == 0 and info["buffers"] == 0
 
 
-def test_freebuffer_from_another_thread_while_flushing(sim):
-    # the flush of 8 MiB runs without the GIL; a concurrent freebuffer must be refused, not crash
-    buf = sim.allocate(8 << 20, "u1")
+def test_freebuffer_from_another_thread_while_flushing():
+    # a flush of 64 MiB runs without the GIL (from 32 MiB on x86-64, less on
+    # ARM: PA_WORK_GIL_BYTES); a concurrent freebuffer must be refused, not crash
+    sim = pynq_alloc.open_backend("sim", size=128 << 20, cacheable=True)
+    buf = sim.allocate(64 << 20, "u1")
     buf[:] = 1
     outcomes = []
 

@@ -825,6 +825,7 @@ static int pa_sim_probe(const char *arg, pa_err *why)
 const pa_ops pa_sim_ops = {
     .name = "sim",
     .open = pa_sim_open,
+    .own_gil_work = true, /* zeroing via pa_prep; free hands pages back (madvise) */
     .alloc = pa_sim_alloc,
     .free = pa_sim_free,
     .sync = pa_sim_sync,

@@ -6,6 +6,7 @@
 #include "zero.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -115,6 +116,23 @@ static void pa_wait(void (*block)(void *), void *arg)
     } else {
         block(arg);
     }
+}
+
+static _Atomic size_t pa_gil_bytes = PA_WORK_GIL_BYTES;
+
+size_t pa_work_gil_bytes(void)
+{
+    return pa_gil_bytes;
+}
+
+size_t pa_set_work_gil_bytes(size_t bytes)
+{
+    return atomic_exchange(&pa_gil_bytes, bytes);
+}
+
+void pa_heavy(void (*fn)(void *), void *arg)
+{
+    pa_wait(fn, arg);
 }
 
 static void pa_lock_block(void *m)
@@ -433,7 +451,13 @@ static void pa_zero_discard(void *p, size_t n)
     pa_zero(p, n);
 }
 
-static int pa_prep_run(const pa_prep *w, pa_err *err)
+typedef struct pa_prep_call {
+    const pa_prep *w;
+    pa_err *err;
+    int rc;
+} pa_prep_call;
+
+static int pa_prep_do(const pa_prep *w, pa_err *err)
 {
     for (int i = 0; i < w->nzero; i++) {
         if (w->zero[i].discard) {
@@ -450,6 +474,31 @@ static int pa_prep_run(const pa_prep *w, pa_err *err)
         }
     }
     return 0;
+}
+
+static void pa_prep_cb(void *arg)
+{
+    pa_prep_call *c = arg;
+    c->rc = pa_prep_do(c->w, c->err);
+}
+
+/* the work without the GIL when it is long: stores and cleaning count in full,
+ * pages handed back to the kernel an eighth (page-table work, no stores) */
+static int pa_prep_run(const pa_prep *w, pa_err *err)
+{
+    size_t bytes = w->clean_len;
+    for (int i = 0; i < w->nzero; i++) {
+        bytes += w->zero[i].discard ? w->zero[i].n / 8 : w->zero[i].n;
+    }
+    if (bytes == 0) {
+        return 0;
+    }
+    if (bytes < pa_work_gil_bytes()) {
+        return pa_prep_do(w, err);
+    }
+    pa_prep_call c = {w, err, 0};
+    pa_heavy(pa_prep_cb, &c);
+    return c.rc;
 }
 
 int pa_alloc_below(pa_backend *be, size_t size, size_t align, unsigned flags, uint64_t max_addr,

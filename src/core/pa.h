@@ -106,6 +106,13 @@ typedef struct pa_ops {
      * sync, measured by bench/crossover.py; 0: always the whole extent (a
      * system call per run costs far more than the lines it saves). */
     unsigned sync_run_lines;
+    /* alloc and free put their long work (zeroing, cache cleaning, faulting
+     * in memory) through pa_prep / pa_heavy themselves, which let go of the
+     * GIL only for pa_work_gil_bytes() and more: the binding calls them with
+     * the GIL held. Without it (kernel allocators: the work is the kernel's,
+     * inside one call) the binding lets go of the GIL around the whole call
+     * for blocks of pa_work_gil_bytes() and more. */
+    bool own_gil_work;
     /* arg: what followed "name:" in the spec, or NULL */
     int (*open)(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts, pa_err *err);
     /* size > 0, a multiple of PA_LINE; align a power of two >= PA_LINE.
@@ -174,6 +181,34 @@ struct pa_backend {
 };
 
 /* generic layer (pa.c) */
+
+/* Work on at least this many bytes (zeroing, copying, cache maintenance,
+ * kernel calls that do them) runs with the GIL released; smaller work keeps
+ * it. Letting go of the GIL is not free: while another Python thread is
+ * busy, taking it back waits for that thread's switch interval (5 ms), so a
+ * 1 MiB sim flush (55 us) took 5.3 ms with a spinning thread beside it when
+ * the GIL was released from 256 KiB. The threshold is work of about 1 ms,
+ * after the memory bandwidth of the targets: ~25 GB/s on the x86-64 bench
+ * machine (zero 27, clean 25, sim copy 14 GB/s), a few GB/s on ZynqMP/Versal
+ * (AArch64), about 1 GB/s on Zynq-7000. Holding the GIL for 1 ms is well
+ * inside what CPython lets one thread run between switches. */
+#if defined(__x86_64__)
+#define PA_WORK_GIL_BYTES ((size_t)32 << 20)
+#elif defined(__aarch64__)
+#define PA_WORK_GIL_BYTES ((size_t)8 << 20)
+#else
+#define PA_WORK_GIL_BYTES ((size_t)2 << 20)
+#endif
+
+/* the threshold in use: PA_WORK_GIL_BYTES unless set (tests set it low to run
+ * the GIL-free paths with small buffers); returns the one before */
+size_t pa_work_gil_bytes(void);
+size_t pa_set_work_gil_bytes(size_t bytes);
+
+/* runs fn(arg) through the waiter hook (pa_set_waiter, below): in the
+ * binding, without the GIL if this thread holds it. For long work a backend
+ * does while the binding holds the GIL (own_gil_work above). */
+void pa_heavy(void (*fn)(void *), void *arg);
 
 /* From ops->alloc: zero [p, p+n) / clean [p, p+n) from the CPU caches once
  * the backend lock is let go (pa_prep above), in the order added: zeroing

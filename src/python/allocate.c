@@ -271,8 +271,8 @@ PyObject *pa_py_allocate(BackendObject *b, PyObject *shape, PyObject *dtype, PyO
      * the backend meanwhile */
     b->pins++;
     int rc;
-    if (nbytes >= PA_ALLOC_GIL_BYTES) {
-        /* zeroing a large block (and cleaning its lines) lets other threads run */
+    if (nbytes >= pa_work_gil_bytes() && !b->ops->own_gil_work) {
+        /* a kernel allocator zeroing a large block lets other threads run */
         pa_backend *be = b->be;
         Py_BEGIN_ALLOW_THREADS
         rc = pa_alloc_below(be, nbytes, alignment, flags, max_addr, &a->block, &err);

@@ -105,7 +105,7 @@ void pa_py_allocation_release(AllocationObject *a)
          * pa_lock while it waits), another thread's settle could otherwise
          * see no buffers and close be while ops->free still runs */
         b->pins++;
-        if (a->block.size >= PA_ALLOC_GIL_BYTES) {
+        if (a->block.size >= pa_work_gil_bytes() && !b->ops->own_gil_work) {
             Py_BEGIN_ALLOW_THREADS
             pa_free(be, &a->block);
             Py_END_ALLOW_THREADS

@@ -306,9 +306,14 @@ static PyObject *backend_device_read(PyObject *op, PyObject *args, PyObject *kwa
     int rc;
     pa_backend *be = self->be;
     self->pins++; /* close() + the last free cannot close be meanwhile */
-    Py_BEGIN_ALLOW_THREADS
-    rc = pa_sim_device_access(be, addr, PyBytes_AS_STRING(out), (size_t)n, false, &err);
-    Py_END_ALLOW_THREADS
+    if ((size_t)n >= pa_work_gil_bytes()) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = pa_sim_device_access(be, addr, PyBytes_AS_STRING(out), (size_t)n, false, &err);
+        Py_END_ALLOW_THREADS
+    } else {
+        /* a short copy keeps the GIL (pa.h); waits for a range still release it */
+        rc = pa_sim_device_access(be, addr, PyBytes_AS_STRING(out), (size_t)n, false, &err);
+    }
     self->pins--;
     pa_py_backend_settle(self);
     /* check=False: a debugger's peek; a read changes nothing, so only the report goes */
@@ -336,9 +341,13 @@ static PyObject *backend_device_write(PyObject *op, PyObject *args)
     int rc;
     pa_backend *be = self->be;
     self->pins++; /* close() + the last free cannot close be meanwhile */
-    Py_BEGIN_ALLOW_THREADS
-    rc = pa_sim_device_access(be, addr, data.buf, (size_t)data.len, true, &err);
-    Py_END_ALLOW_THREADS
+    if ((size_t)data.len >= pa_work_gil_bytes()) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = pa_sim_device_access(be, addr, data.buf, (size_t)data.len, true, &err);
+        Py_END_ALLOW_THREADS
+    } else {
+        rc = pa_sim_device_access(be, addr, data.buf, (size_t)data.len, true, &err);
+    }
     self->pins--;
     PyBuffer_Release(&data);
     pa_py_backend_settle(self);

@@ -24,13 +24,9 @@
 
 #include "pa.h"
 
-/* PA_SYNC_GIL_BYTES and larger ranges are synchronised without the GIL */
-#define PA_SYNC_GIL_BYTES (256 * 1024)
-/* blocks of PA_ALLOC_GIL_BYTES and more are allocated and freed (zeroing,
- * madvise, cache cleaning) without the GIL. Larger than the sync threshold:
- * taking the GIL back can wait for another busy thread's switch interval
- * (5 ms), which only pays off for work of about that order (zeroing ~4 MiB) */
-#define PA_ALLOC_GIL_BYTES (4 * 1024 * 1024)
+/* syncs, device accesses and allocations of pa_work_gil_bytes() (pa.h) and more
+ * run without the GIL; backends with own_gil_work decide for themselves
+ * inside alloc and free */
 
 /* A backend as Python sees it. The core backend stays open until close() was
  * asked AND the last allocation made from it is gone. */

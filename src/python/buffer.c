@@ -223,7 +223,7 @@ static PyObject *buffer_sync(PyObject *self, pa_sync_dir dir, const char *what)
      * released for large ranges, and for small ones while waiting for an
      * overlapping sync on another thread (pa_range_acquire) */
     a->busy++;
-    if (len >= PA_SYNC_GIL_BYTES) {
+    if (len >= pa_work_gil_bytes()) {
         Py_BEGIN_ALLOW_THREADS
         rc = per_run ? pa_sync_runs(be, &a->block, &runs, dir, &err)
                      : pa_sync(be, &a->block, off, len, dir, &err);

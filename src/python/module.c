@@ -467,6 +467,23 @@ static PyObject *pa_cache_info(PyObject *module, PyObject *unused)
                          pa_cache_user_maintenance() ? Py_True : Py_False);
 }
 
+static PyObject *pa_py_work_gil_bytes(PyObject *mod, PyObject *args)
+{
+    (void)mod;
+    Py_ssize_t n = -1;
+    if (!PyArg_ParseTuple(args, "|n:_work_gil_bytes", &n)) {
+        return NULL;
+    }
+    if (n == -1) {
+        return PyLong_FromSize_t(pa_work_gil_bytes());
+    }
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "_work_gil_bytes: n must be >= 0");
+        return NULL;
+    }
+    return PyLong_FromSize_t(pa_set_work_gil_bytes((size_t)n));
+}
+
 static PyMethodDef pa_methods[] = {
     {"allocate", (PyCFunction)(void (*)(void))pa_allocate, METH_FASTCALL | METH_KEYWORDS,
      allocate_doc},
@@ -477,6 +494,9 @@ static PyMethodDef pa_methods[] = {
     {"set_default_backend", pa_set_default_backend, METH_O, set_default_backend_doc},
     {"cache_info", pa_cache_info, METH_NOARGS,
      "cache_info()\n--\n\nThis CPU's cache maintenance: method, line_size, user_space."},
+    {"_work_gil_bytes", pa_py_work_gil_bytes, METH_VARARGS,
+     "_work_gil_bytes([n])\n--\n\nWork on this many bytes and more runs without the GIL; "
+     "with n, sets it (tests) and returns the value before."},
     {"_probe", pa_probe, METH_NOARGS,
      "_probe()\n--\n\n[(name, usable, board, reason)] for every backend."},
     {NULL, NULL, 0, NULL},
