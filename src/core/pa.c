@@ -2,6 +2,7 @@
  * accounting around the backends' ops tables. */
 #define _GNU_SOURCE
 #include "pa.h"
+#include "bgzero.h"
 #include "cache.h"
 
 #include <errno.h>
@@ -91,6 +92,8 @@ static void pa_fork_child(void)
     }
     pthread_mutex_init(&pa_reg_lock, NULL);
     pthread_mutex_init(&pa_retire_lock, NULL);
+    /* nor does the background zeroer's worker (bgzero.h) */
+    pa_bgzero_fork_child();
 }
 
 static void pa_fork_register(void)
@@ -106,7 +109,7 @@ void pa_set_waiter(pa_waiter_fn waiter)
     pa_waiter = waiter;
 }
 
-static void pa_wait(void (*block)(void *), void *arg)
+void pa_wait(void (*block)(void *), void *arg)
 {
     pa_waiter_fn w = pa_waiter;
     if (w != NULL) {

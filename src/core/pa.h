@@ -79,6 +79,10 @@ typedef struct pa_info {
      * last byte); 0, 0 when the backend cannot tell before allocating */
     uint64_t lowest, highest;
     uint64_t base_address; /* simulated devices: the device address of the region's byte 0 */
+    /* hugepage's zeroing of reused memory (bgzero.h): bytes the background
+     * worker still has to zero, has zeroed so far, and bytes allocate()
+     * zeroed itself; 0 elsewhere */
+    uint64_t zero_pending, zero_background, zero_sync;
 } pa_info;
 
 typedef struct pa_backend pa_backend;
@@ -163,6 +167,9 @@ struct pa_backend {
  * before any backend is opened; NULL: just block. */
 typedef void (*pa_waiter_fn)(void (*block)(void *), void *arg);
 void pa_set_waiter(pa_waiter_fn waiter);
+/* block(arg) through the waiter: for every wait of the core (pa_lock, the
+ * range locks, the background zeroer's chunk in flight) */
+void pa_wait(void (*block)(void *), void *arg);
 void pa_lock(pthread_mutex_t *m);
 /* Per-range exclusion for work on a block's memory that needs no backend
  * lock (sim: flush/invalidate copies and the line states): waits (through
