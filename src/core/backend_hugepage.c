@@ -633,8 +633,8 @@ static void pa_huge_emptied(pa_huge *h, pa_huge_region *r)
     h->empty = r;
     /* zero what was handed out in the background, off the user's thread; if
      * no worker can be started the next allocate zeroes it as before */
-    if (r->zjob.active || r->touched >= PA_HUGE_BG_MIN) {
-        pa_bgzero_submit(&r->zjob, r->cpu, r->touched);
+    if (r->zjob.active ? r->zjob.lo >= PA_HUGE_BG_MIN : r->touched >= PA_HUGE_BG_MIN) {
+        pa_bgzero_submit(&r->zjob, r->cpu, r->touched); /* active: widens it down to 0 */
     }
 }
 
@@ -786,7 +786,9 @@ found:;
      * the region, the worker first gets out of the block (waiting at most for
      * its chunk in flight) and says how far down it has zeroed. */
     size_t touched = r->touched;
-    if (r->zjob.active) {
+    if (r->zjob.active && off + got <= r->zjob.lo) {
+        touched = off + got; /* below the worker's floor: all of it to zero here */
+    } else if (r->zjob.active) {
         bool done;
         touched = pa_bgzero_claim(&r->zjob, off, off + got, &done);
         if (done) {

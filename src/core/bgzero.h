@@ -23,9 +23,12 @@
 typedef struct pa_bgzero_job {
     /* the owner's (under its lock) */
     bool active; /* submitted and not yet claimed to an end by pa_bgzero_claim/cancel */
-    /* the worker's (under the zeroer lock) */
+    /* the worker's (under the zeroer lock); lo is written only by the
+     * calls below, under the owner's lock too, so the owner may read it
+     * without the zeroer lock: a block ending at or below lo is never
+     * written by the worker (no claim needed; it is all dirty) */
     char *base;
-    size_t lo, hi;         /* still dirty: [lo, hi); zero at and above hi */
+    size_t lo, hi;         /* still dirty: [lo, hi); zero at and above hi (hi >= lo) */
     size_t busy_lo;        /* while busy: the chunk [busy_lo, hi) being zeroed */
     bool queued, busy;
     uint64_t zeroed;       /* bytes this job's worker zeroed, ever (statistics) */
