@@ -71,14 +71,22 @@ static void *pa_bgz_main(void *arg)
         job->busy = true;
         size_t hi = job->hi;
         char *p = job->base + lo;
+        bool nt = job->nt;
         if (pa_bgz_boosted) {
             pa_bgz_boosted = false;
             pa_bgz_idle_self();
         }
         pthread_mutex_unlock(&pa_bgz_lock);
-        /* streaming stores: the worker's zeros do not evict the user's data
-         * from the caches; the SFENCE orders them before the unlock below */
-        pa_zero_nt(p, hi - lo);
+        /* the store allocate() would have used for the whole range (zero.h):
+         * below PA_ZERO_NT_BYTES the zeros are left in the cache, where the
+         * user's first writes find them (streaming stores measured 1.5x
+         * slower for a 16 MiB allocate + write loop); from it, streaming
+         * stores (their SFENCE orders them before the unlock below) */
+        if (nt) {
+            pa_zero_nt(p, hi - lo);
+        } else {
+            memset(p, 0, hi - lo);
+        }
         pthread_mutex_lock(&pa_bgz_lock);
         job->busy = false;
         job->hi = lo;
@@ -132,6 +140,7 @@ bool pa_bgzero_submit(pa_bgzero_job *job, char *base, size_t dirty)
     if (!job->active) {
         job->base = base;
         job->hi = dirty;
+        job->nt = dirty >= PA_ZERO_NT_BYTES;
         job->busy = false;
         job->queued = false;
         job->next = NULL;

@@ -31,6 +31,7 @@ typedef struct pa_bgzero_job {
     size_t lo, hi;         /* still dirty: [lo, hi); zero at and above hi (hi >= lo) */
     size_t busy_lo;        /* while busy: the chunk [busy_lo, hi) being zeroed */
     bool queued, busy;
+    bool nt;               /* streaming stores (a dirty part of PA_ZERO_NT_BYTES or more) */
     uint64_t zeroed;       /* bytes this job's worker zeroed, ever (statistics) */
     struct pa_bgzero_job *next;
 } pa_bgzero_job;

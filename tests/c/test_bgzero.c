@@ -9,6 +9,7 @@
 #define _GNU_SOURCE
 #include "bgzero.h"
 #include "pa.h"
+#include "zero.h"
 
 #include <dirent.h>
 #include <pthread.h>
@@ -102,6 +103,31 @@ static void test_drain(void)
     size_t hi = pa_bgzero_claim(&job, 0, 64, &done);
     check(done && hi == 0 && !job.active, "a claim after the job ended: hi 0, done, inactive",
           "done %d hi %zu active %d", done, hi, job.active);
+}
+
+/* a job of PA_ZERO_NT_BYTES takes the streaming-store path (job.nt) */
+static void test_drain_streaming(void)
+{
+    size_t n = PA_ZERO_NT_BYTES;
+    unsigned char *big = mmap(NULL, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (big == MAP_FAILED) {
+        check(0, "mmap of the streaming-store job", "failed");
+        return;
+    }
+    pa_bgzero_job job;
+    memset(&job, 0, sizeof(job));
+    memset(big, 0xA5, n);
+    pa_bgzero_submit(&job, (char *)big, n);
+    check(job.nt, "a 96 MiB job uses streaming stores", "nt false");
+    check(drain(&job), "the streaming-store job ends", "still pending after 120 s");
+    unsigned char *save = area;
+    area = big;
+    size_t bad = first_not(0, n, 0);
+    area = save;
+    check(bad == SIZE_MAX, "every byte of the streaming-store job reads zero", "byte %zu", bad);
+    bool done;
+    pa_bgzero_claim(&job, 0, n, &done);
+    munmap(big, n);
 }
 
 /* claim [off, end) at some moment of the job, write 0x5A there, let the
@@ -413,6 +439,7 @@ int main(void)
     }
     pa_bgzero_ref();
     test_drain();
+    test_drain_streaming();
     test_claims();
     test_cancel();
     test_resubmit();
