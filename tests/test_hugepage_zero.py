@@ -1,6 +1,10 @@
 """hugepage zeroing: memory the kernel zeroed is not zeroed again, memory handed
 out before is zeroed when it is handed out again (memset, or streaming stores
-from 96 MiB), and a block straddling the two reads zero throughout."""
+from 96 MiB), and a block straddling the two reads zero throughout. Freed
+regions are zeroed in the background (the second half of this file): a block
+handed out while that runs keeps what is written into it, and the worker
+thread leaves with the last backend, survives nothing into a fork child and
+does no harm at exit."""
 import pytest
 
 from conftest import hugepage_or_skip
