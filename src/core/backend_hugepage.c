@@ -601,12 +601,12 @@ static void pa_huge_remove_region(pa_huge *h, size_t i)
 {
     pa_huge_region *r = h->regions[i];
     pa_regidx_remove(&h->idx, &r->node);
+    uint64_t pending, zeroed;
     if (r->zjob.active) {
-        uint64_t pending, zeroed;
         pa_bgzero_cancel(&r->zjob);
-        pa_bgzero_status(&r->zjob, &pending, &zeroed);
-        h->zeroed_gone += zeroed;
     }
+    pa_bgzero_status(&r->zjob, &pending, &zeroed);
+    h->zeroed_gone += zeroed; /* info()'s total keeps what this region had */
     h->regions[i] = h->regions[--h->nregions];
     h->regions[i]->slot = i;
     if (h->empty == r) {
