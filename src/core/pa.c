@@ -2,6 +2,7 @@
  * accounting around the backends' ops tables. */
 #define _GNU_SOURCE
 #include "pa.h"
+#include "bgzero.h"
 #include "cache.h"
 #include "zero.h"
 
@@ -93,6 +94,8 @@ static void pa_fork_child(void)
     }
     pthread_mutex_init(&pa_reg_lock, NULL);
     pthread_mutex_init(&pa_retire_lock, NULL);
+    /* nor does the background zeroer's worker (bgzero.h) */
+    pa_bgzero_fork_child();
 }
 
 static void pa_fork_register(void)
@@ -108,7 +111,7 @@ void pa_set_waiter(pa_waiter_fn waiter)
     pa_waiter = waiter;
 }
 
-static void pa_wait(void (*block)(void *), void *arg)
+void pa_wait(void (*block)(void *), void *arg)
 {
     pa_waiter_fn w = pa_waiter;
     if (w != NULL) {
@@ -128,11 +131,6 @@ size_t pa_work_gil_bytes(void)
 size_t pa_set_work_gil_bytes(size_t bytes)
 {
     return atomic_exchange(&pa_gil_bytes, bytes);
-}
-
-void pa_heavy(void (*fn)(void *), void *arg)
-{
-    pa_wait(fn, arg);
 }
 
 static void pa_lock_block(void *m)
@@ -497,7 +495,7 @@ static int pa_prep_run(const pa_prep *w, pa_err *err)
         return pa_prep_do(w, err);
     }
     pa_prep_call c = {w, err, 0};
-    pa_heavy(pa_prep_cb, &c);
+    pa_wait(pa_prep_cb, &c);
     return c.rc;
 }
 

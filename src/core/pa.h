@@ -79,6 +79,10 @@ typedef struct pa_info {
      * last byte); 0, 0 when the backend cannot tell before allocating */
     uint64_t lowest, highest;
     uint64_t base_address; /* simulated devices: the device address of the region's byte 0 */
+    /* hugepage's zeroing of reused memory (bgzero.h): bytes the background
+     * worker still has to zero, has zeroed so far, and bytes allocate()
+     * zeroed itself; 0 elsewhere */
+    uint64_t zero_pending, zero_background, zero_sync;
 } pa_info;
 
 typedef struct pa_backend pa_backend;
@@ -107,7 +111,7 @@ typedef struct pa_ops {
      * system call per run costs far more than the lines it saves). */
     unsigned sync_run_lines;
     /* alloc and free put their long work (zeroing, cache cleaning, faulting
-     * in memory) through pa_prep / pa_heavy themselves, which let go of the
+     * in memory) through pa_prep / pa_wait themselves, which let go of the
      * GIL only for pa_work_gil_bytes() and more: the binding calls them with
      * the GIL held. Without it (kernel allocators: the work is the kernel's,
      * inside one call) the binding lets go of the GIL around the whole call
@@ -205,11 +209,6 @@ struct pa_backend {
 size_t pa_work_gil_bytes(void);
 size_t pa_set_work_gil_bytes(size_t bytes);
 
-/* runs fn(arg) through the waiter hook (pa_set_waiter, below): in the
- * binding, without the GIL if this thread holds it. For long work a backend
- * does while the binding holds the GIL (own_gil_work above). */
-void pa_heavy(void (*fn)(void *), void *arg);
-
 /* From ops->alloc: zero [p, p+n) / clean [p, p+n) from the CPU caches once
  * the backend lock is let go (pa_prep above), in the order added: zeroing
  * first, then cleaning */
@@ -225,6 +224,10 @@ void pa_prep_clean(pa_backend *be, void *p, size_t n);
  * before any backend is opened; NULL: just block. */
 typedef void (*pa_waiter_fn)(void (*block)(void *), void *arg);
 void pa_set_waiter(pa_waiter_fn waiter);
+/* block(arg) through the waiter: for every wait of the core (pa_lock, the
+ * range locks, the background zeroer's chunk in flight), and for long work a
+ * backend does while the binding holds the GIL (own_gil_work above) */
+void pa_wait(void (*block)(void *), void *arg);
 void pa_lock(pthread_mutex_t *m);
 /* Per-range exclusion for work on a block's memory that needs no backend
  * lock (sim: flush/invalidate copies and the line states): waits (through

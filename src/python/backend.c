@@ -267,6 +267,25 @@ static PyObject *backend_info(PyObject *op, PyObject *unused)
     return res;
 }
 
+/* private, for tests and the bench: hugepage's zeroing of reused memory */
+static PyObject *backend_zeroing(PyObject *op, PyObject *unused)
+{
+    (void)unused;
+    BackendObject *self = (BackendObject *)op;
+    if (backend_live_or_raise(op) == NULL) {
+        return NULL;
+    }
+    pa_info info;
+    pa_backend *be = self->be;
+    self->pins++; /* pa_get_info may release the GIL while it waits for the lock */
+    pa_get_info(be, &info);
+    self->pins--;
+    pa_py_backend_settle(self);
+    return Py_BuildValue("{s:K,s:K,s:K}", "pending", (unsigned long long)info.zero_pending,
+                         "background", (unsigned long long)info.zero_background, "sync",
+                         (unsigned long long)info.zero_sync);
+}
+
 static PyObject *backend_close(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -435,6 +454,10 @@ static PyMethodDef backend_methods[] = {
      "_live($self)\n--\n\nThe blocks this backend has handed out and not got back, oldest last: "
      "(serial, device_address, nbytes, shape, dtype) each; shape and dtype are those of the "
      "Buffer allocate() returned while it lives, else None. For leak checks (the pytest plugin)."},
+    {"_zeroing", backend_zeroing, METH_NOARGS,
+     "_zeroing($self)\n--\n\nhugepage: how reused memory gets zeroed, in bytes: 'pending' (the "
+     "background worker has still to zero), 'background' (it has zeroed), 'sync' (allocate() "
+     "zeroed itself). 0 on other backends. For tests and the bench."},
     {"__enter__", backend_enter, METH_NOARGS, NULL},
     {"__exit__", (PyCFunction)(void (*)(void))backend_exit, METH_FASTCALL, NULL},
     {NULL, NULL, 0, NULL},
