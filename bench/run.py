@@ -566,14 +566,14 @@ def huge_pool(pages, gigantic):
     return restore
 
 
-def huge_big(n):
-    """A hugepage backend that can hold one n-byte block: 2 MiB pages if the
-    pool has n/2 MiB physically contiguous ones, else 1 GiB pages; (backend,
-    page size) or (None, why)."""
+def huge_big(n, **opts):
+    """A hugepage backend (open_backend options opts) that can hold one
+    n-byte block: 2 MiB pages if the pool has n/2 MiB physically contiguous
+    ones, else 1 GiB pages; (backend, page size) or (None, why)."""
     why = ""
     for ps in ("2M", "1G"):
         try:
-            be = pynq_alloc.open_backend("hugepage", page_size=ps)
+            be = pynq_alloc.open_backend("hugepage", page_size=ps, **opts)
             be.allocate(n, "u1")
         except (MemoryError, OSError, ValueError) as exc:
             why += f"{ps}: {exc}; "
@@ -683,13 +683,6 @@ FIRST_USE_PAUSE = 0.25
 def round_two(q, repeats, huge, glb, number):
     """Issue 13's figures (big buffers, many buffers, busy threads)."""
     n_live = 500 if q else 100_000
-    restore_pool = lambda: None  # noqa: E731
-    if huge is not None and not q:
-        # 4 KiB per live 64 B buffer at the default align: 100 000 take 200 pages
-        # of 2 MiB; a 256 MiB block needs 128 physically contiguous ones, or one
-        # 1 GiB page where the pool is too fragmented for that. --quick (run
-        # by the tests) leaves the pool alone.
-        restore_pool = huge_pool(n_live * 4096 // (2 << 20) + 48, 1)
     # 1. hugepage allocate(64) (default align=4096) with many live buffers vs none
     if huge is not None and want("hugepage allocate(64)"):
         try:
@@ -712,8 +705,12 @@ def round_two(q, repeats, huge, glb, number):
     rows = 1024 if q else 65536
     backends = [("sim", lambda: pynq_alloc.open_backend("sim", size=128 << 20, cacheable=True))]
     if huge is not None:
-        backends.append(("hugepage non-coherent",
-                         lambda: pynq_alloc.open_backend("hugepage", coherent=False)))
+        def huge_nc():
+            be, why = huge_big(rows * 1024, coherent=False)
+            if be is None:
+                raise MemoryError(why)
+            return be
+        backends.append(("hugepage non-coherent", huge_nc))
     for label, opener in backends if want("ROI flush") else []:
         try:
             be = opener()
@@ -775,9 +772,18 @@ def round_two(q, repeats, huge, glb, number):
             a = hw.allocate(n, "u1")
             a[:] = 1
             del a
+        def settled(hw=hw):
+            # the worker zeroing the block freed last would compete with
+            # whichever side runs next for memory bandwidth: let it finish
+            # first (untimed), so neither side is measured beside it
+            deadline = time.monotonic() + 5
+            while hw._zeroing()["pending"] and time.monotonic() < deadline:
+                time.sleep(0.001)
         write_huge()
         big_figure(f"allocate + write every byte, {n >> 20} MiB, hugepage ({ps} pages)",
-                   write_huge, write_numpy, lambda: None, repeats, 1.2, "numpy.zeros + write")
+                   write_huge, write_numpy, settled, repeats, 1.2, "numpy.zeros + write",
+                   note="before each timed call (both sides) the background zeroing of the "
+                   "block freed last has finished")
         hw.close()
 
     if want("largest allocatable block"):
@@ -918,7 +924,6 @@ def round_two(q, repeats, huge, glb, number):
                   f"second zeroing the reused memory ({hps} pages)", reuse)
     if hfu is not None:
         hfu.close()
-    restore_pool()
 
     if want("bytes per live"):
         bytes_per_buffer(q, huge, repeats)
@@ -964,6 +969,13 @@ def main():
     except (OSError, MemoryError, NotImplementedError) as exc:
         huge = None
         print(f"(hugepage figures skipped: {exc})")
+    restore_pool = lambda: None  # noqa: E731
+    if huge is not None and not q:
+        # 4 KiB per live 64 B buffer at the default align: 100 000 take 200 pages
+        # of 2 MiB; a 64 or 256 MiB block needs 32 or 128 physically contiguous
+        # ones, or one 1 GiB page where the pool is too fragmented for that
+        # (huge_big). --quick (run by the tests) leaves the pool alone.
+        restore_pool = huge_pool(100_000 * 4096 // (2 << 20) + 48, 1)
     if huge is not None:
         glb["huge"] = huge
         figure("allocate(1024, 'u4') + release, hugepage", "huge.allocate(1024, 'u4')",
@@ -1002,13 +1014,11 @@ def main():
     src = np.ones(big, "u1")
     dst = np.empty(big, "u1")
     if huge is not None:
-        try:
-            nc = pynq_alloc.open_backend("hugepage", coherent=False)
-            hbuf = nc.allocate(big, "u1")
-        except (MemoryError, OSError) as exc:
-            print(f"(cache maintenance figure skipped: {exc})")
-            hbuf = None
-        if hbuf is not None:
+        nc, nps = huge_big(big, coherent=False)
+        hbuf = nc.allocate(big, "u1") if nc is not None else None
+        if hbuf is None:
+            print(f"(cache maintenance figure skipped: {nps})")
+        else:
             def dirty():
                 hbuf[:] = 3
             big_figure(f"CPU cache clean (flush, {pynq_alloc._pynq_alloc.cache_info()['method']}) of {big >> 20} MiB, "
@@ -1018,6 +1028,8 @@ def main():
                        "non-coherent", hbuf.invalidate, lambda: np.copyto(dst, src), dirty, repeats, 1.0,
                        f"memcpy of {big >> 20} MiB")
             del hbuf
+        if nc is not None:
+            nc.close()  # its pages (maybe the one 1 GiB page) are for later rows
     sbuf = sim.allocate(big, "u1", cacheable=True)
 
     def sdirty():
@@ -1026,6 +1038,7 @@ def main():
                sdirty, repeats, 1.2, f"memcpy of {big >> 20} MiB")
     del sbuf
     round_two(q, repeats, huge, glb, number)
+    restore_pool()
     if want("import + first allocate", "peak RSS"):
         process_figure(3 if q else 10)
     gc.collect()
