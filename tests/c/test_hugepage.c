@@ -10,6 +10,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -671,6 +672,74 @@ static void test_noncoherent(void)
     pa_close(be);
 }
 
+/* A reused block's zeroing runs after pa_alloc lets go of the backend lock:
+ * its first store, into a page made read-only, faults, and the handler looks
+ * at the lock. A 1 MiB block: its region empties with less than 2 MiB dirty,
+ * so no background job (whose worker would fault instead). */
+static pa_backend *zl_be;
+static char *zl_page;
+static volatile sig_atomic_t zl_faults, zl_lock_free;
+
+static void zl_on_fault(int sig, siginfo_t *si, void *uc)
+{
+    (void)sig;
+    (void)uc;
+    char *a = si->si_addr;
+    if (a < zl_page || a >= zl_page + 2 * MiB) {
+        signal(SIGSEGV, SIG_DFL); /* not ours: crash as usual */
+        return;
+    }
+    zl_faults++;
+    if (pthread_mutex_trylock(&zl_be->lock) == 0) {
+        zl_lock_free = 1;
+        pthread_mutex_unlock(&zl_be->lock);
+    }
+    mprotect(zl_page, 2 * MiB, PROT_READ | PROT_WRITE); /* the store runs again */
+}
+
+static void test_zero_unlocked(void)
+{
+    pa_err err = {{0}};
+    pa_backend *be = NULL;
+    pa_option o[] = {{"page_size", "2M"}};
+    pa_block a, b;
+    if (pa_open("hugepage", o, 1, &be, &err) < 0) {
+        check(0, "open for the unlocked-zeroing check", "%s", err.msg);
+        return;
+    }
+    if (pa_alloc(be, MiB, 0, 0, &a, &err) < 0) {
+        check(0, "alloc for the unlocked-zeroing check", "%s", err.msg);
+        pa_close(be);
+        return;
+    }
+    memset(a.cpu, 0x5a, a.size);
+    char *cpu = a.cpu;
+    pa_free(be, &a);
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_sigaction = zl_on_fault;
+    sa.sa_flags = SA_SIGINFO;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old);
+    zl_be = be;
+    zl_page = (char *)((uintptr_t)cpu & ~(uintptr_t)(2 * MiB - 1));
+    zl_faults = 0;
+    zl_lock_free = 0;
+    int mp = mprotect(zl_page, 2 * MiB, PROT_READ);
+    int rc = pa_alloc(be, MiB, 0, 0, &b, &err);
+    mprotect(zl_page, 2 * MiB, PROT_READ | PROT_WRITE);
+    sigaction(SIGSEGV, &old, NULL);
+    check(mp == 0 && rc == 0 && b.cpu == cpu && zl_faults >= 1 && zl_lock_free &&
+              all_zero(b.cpu, b.size),
+          "a reused hugepage block is zeroed after the backend lock is let go",
+          "mprotect %d, rc %d %s, same memory %d, faults %d, lock free %d", mp, rc, err.msg,
+          rc == 0 && b.cpu == cpu, (int)zl_faults, (int)zl_lock_free);
+    if (rc == 0) {
+        pa_free(be, &b);
+    }
+    pa_close(be);
+}
+
 int main(void)
 {
     pa_err why = {{0}};
@@ -702,6 +771,7 @@ int main(void)
     test_pagemap_helper();
     test_blocks();
     test_noncoherent();
+    test_zero_unlocked();
     test_fragmented();
     printf("%d passed, %d failed\n", passed, failed);
     return failed != 0;
