@@ -159,58 +159,18 @@ def report(meta):
     return "\n".join(lines)
 
 
-def latency_under_flush(be, flusher_buf, n_alloc, repeats):
-    """allocate() latency on this thread while another thread flushes flusher_buf
-    in a loop, vs the same with that thread idle; medians of interleaved repeats."""
-    import threading
-
-    def median_alloc():
-        # spaced out (a 0.5 ms sleep between them) like an application's
-        # allocations: back-to-back ones would keep the GIL and the lock
-        # between the other thread's flushes and hide the wait
-        out = []
-        for _ in range(n_alloc):
-            time.sleep(0.0005)
-            t0 = time.perf_counter()
-            be.allocate(1024, "u4")
-            out.append((time.perf_counter() - t0) * 1e9)
-        return statistics.median(out)
-
-    t_busy, t_idle, ratios = [], [], []
-    for _ in range(repeats):
-        idle = median_alloc()
-        stop = threading.Event()
-        started = threading.Event()
-
-        def flusher():
-            started.set()
-            while not stop.is_set():
-                flusher_buf[0] = 1
-                flusher_buf.flush()
-
-        t = threading.Thread(target=flusher)
-        t.start()
-        started.wait()
-        busy = median_alloc()
-        stop.set()
-        t.join()
-        t_idle.append(idle)
-        t_busy.append(busy)
-        ratios.append(busy / idle)
-    return t_busy, t_idle, statistics.median(ratios)
-
-
-def beside_busy_thread(op, n_calls, repeats):
-    """op()'s median time while another Python thread computes (a pure-Python
-    loop: it holds the GIL whenever it can) vs with that thread asleep;
-    medians of interleaved repeats. A call that lets go of the GIL waits for
-    the busy thread's switch interval (5 ms) to get it back."""
+def beside_thread(op, step, n_calls, repeats, gap):
+    """op()'s median time on this thread while another thread calls step() in
+    a loop, vs the same with that thread not started; medians of interleaved
+    repeats. The calls are spaced out by `gap` seconds of sleep, like an
+    application's: back-to-back ones would keep the GIL (and a lock) between
+    the other thread's steps and hide the wait."""
     import threading
 
     def median_op():
         out = []
         for _ in range(n_calls):
-            time.sleep(0.002)
+            time.sleep(gap)
             t0 = time.perf_counter()
             op()
             out.append((time.perf_counter() - t0) * 1e9)
@@ -220,13 +180,15 @@ def beside_busy_thread(op, n_calls, repeats):
     for _ in range(repeats):
         idle = median_op()
         stop = threading.Event()
+        started = threading.Event()
 
-        def spin():
-            x = 0
+        def loop():
+            started.set()
             while not stop.is_set():
-                x += 1
-        t = threading.Thread(target=spin)
+                step()
+        t = threading.Thread(target=loop)
         t.start()
+        started.wait()
         busy = median_op()
         stop.set()
         t.join()
@@ -234,6 +196,27 @@ def beside_busy_thread(op, n_calls, repeats):
         t_busy.append(busy)
         ratios.append(busy / idle)
     return t_busy, t_idle, statistics.median(ratios)
+
+
+def latency_under_flush(be, flusher_buf, n_alloc, repeats):
+    """allocate() latency on this thread while another thread flushes flusher_buf
+    in a loop, vs the same with that thread idle."""
+    def flush_step():
+        flusher_buf[0] = 1
+        flusher_buf.flush()
+    return beside_thread(lambda: be.allocate(1024, "u4"), flush_step, n_alloc, repeats, 0.0005)
+
+
+def beside_busy_thread(op, n_calls, repeats):
+    """op()'s median time while another Python thread computes (pure-Python
+    steps: it holds the GIL whenever it can) vs with that thread asleep. A
+    call that lets go of the GIL waits for the busy thread's switch interval
+    (5 ms) to get it back."""
+    def compute_step():
+        x = 0
+        for i in range(100):
+            x += i
+    return beside_thread(op, compute_step, n_calls, repeats, 0.002)
 
 
 class BestFit:

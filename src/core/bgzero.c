@@ -32,6 +32,18 @@ static void pa_bgz_dequeue(pa_bgzero_job *job)
     job->queued = false;
 }
 
+/* under the lock: job goes last in the queue */
+static void pa_bgz_enqueue(pa_bgzero_job *job)
+{
+    pa_bgzero_job **pp = &pa_bgz_head;
+    while (*pp != NULL) {
+        pp = &(*pp)->next;
+    }
+    job->next = NULL;
+    *pp = job;
+    job->queued = true;
+}
+
 /* SCHED_IDLE: the worker runs only on a CPU nothing else wants, so it never
  * slows the user's threads or another process (nice 19 still takes about
  * 1.5% of a busy CPU). Lowering one's own policy needs no privilege. */
@@ -96,12 +108,7 @@ static void *pa_bgz_main(void *arg)
         } else if (job->next != NULL) {
             /* one chunk per job in turn: no region waits behind a big one */
             pa_bgz_dequeue(job);
-            pa_bgzero_job **pp = &pa_bgz_head;
-            while (*pp != NULL) {
-                pp = &(*pp)->next;
-            }
-            *pp = job;
-            job->queued = true;
+            pa_bgz_enqueue(job);
         }
         pthread_cond_broadcast(&pa_bgz_done);
     }
@@ -148,13 +155,7 @@ bool pa_bgzero_submit(pa_bgzero_job *job, char *base, size_t dirty)
     }
     job->lo = 0; /* the whole region is free again: all of it may be zeroed */
     if (!job->queued && job->hi > job->lo) {
-        job->next = NULL;
-        pa_bgzero_job **pp = &pa_bgz_head;
-        while (*pp != NULL) {
-            pp = &(*pp)->next;
-        }
-        *pp = job;
-        job->queued = true;
+        pa_bgz_enqueue(job);
         pthread_cond_signal(&pa_bgz_work);
     }
     pthread_mutex_unlock(&pa_bgz_lock);

@@ -211,6 +211,19 @@ static PyObject *backend_allocate(PyObject *op, PyObject *const *args, Py_ssize_
     return pa_py_allocate((BackendObject *)op, v[0], v[1], v[2], v[3], v[4]);
 }
 
+/* pa_get_info on an open backend, pinned: pa_get_info may release the GIL while
+ * it waits for the lock, and another thread may close the backend meanwhile.
+ * -1 if it is closed afterwards (info is still filled in). */
+static int backend_get_info(BackendObject *self, pa_info *info)
+{
+    pa_backend *be = self->be;
+    self->pins++;
+    pa_get_info(be, info);
+    self->pins--;
+    pa_py_backend_settle(self);
+    return self->be == NULL ? -1 : 0;
+}
+
 static PyObject *backend_info(PyObject *op, PyObject *unused)
 {
     (void)unused;
@@ -222,12 +235,7 @@ static PyObject *backend_info(PyObject *op, PyObject *unused)
                              "coherent", Py_None, "closed", Py_True);
     }
     pa_info info;
-    pa_backend *be = self->be;
-    self->pins++; /* pa_get_info may release the GIL while it waits for the lock */
-    pa_get_info(be, &info);
-    self->pins--;
-    pa_py_backend_settle(self);
-    if (self->be == NULL) {
+    if (backend_get_info(self, &info) < 0) {
         return backend_info(op, unused); /* closed meanwhile: report it closed */
     }
     PyObject *res = Py_BuildValue(
@@ -276,11 +284,7 @@ static PyObject *backend_zeroing(PyObject *op, PyObject *unused)
         return NULL;
     }
     pa_info info;
-    pa_backend *be = self->be;
-    self->pins++; /* pa_get_info may release the GIL while it waits for the lock */
-    pa_get_info(be, &info);
-    self->pins--;
-    pa_py_backend_settle(self);
+    (void)backend_get_info(self, &info); /* closed meanwhile: these are its last figures */
     return Py_BuildValue("{s:K,s:K,s:K}", "pending", (unsigned long long)info.zero_pending,
                          "background", (unsigned long long)info.zero_background, "sync",
                          (unsigned long long)info.zero_sync);

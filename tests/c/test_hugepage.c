@@ -10,7 +10,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +29,7 @@
 #define HUGE_SYSFS "/sys/kernel/mm/hugepages/hugepages-2048kB/"
 
 #include "ctest.h"
+#include "faultprobe.h"
 
 static long read_long(const char *path)
 {
@@ -673,28 +673,20 @@ static void test_noncoherent(void)
 }
 
 /* A reused block's zeroing runs after pa_alloc lets go of the backend lock:
- * its first store, into a page made read-only, faults, and the handler looks
- * at the lock. A 1 MiB block: its region empties with less than 2 MiB dirty,
- * so no background job (whose worker would fault instead). */
-static pa_backend *zl_be;
-static char *zl_page;
-static volatile sig_atomic_t zl_faults, zl_lock_free;
+ * its first store, into a huge page made read-only, faults (faultprobe.h). A
+ * 1 MiB block: its region empties with less than 2 MiB dirty, so no
+ * background job (whose worker would fault instead). */
+typedef struct zl_job {
+    pa_backend *be;
+    pa_block blk;
+    int rc;
+    pa_err err;
+} zl_job;
 
-static void zl_on_fault(int sig, siginfo_t *si, void *uc)
+static void zl_realloc(void *arg)
 {
-    (void)sig;
-    (void)uc;
-    char *a = si->si_addr;
-    if (a < zl_page || a >= zl_page + 2 * MiB) {
-        signal(SIGSEGV, SIG_DFL); /* not ours: crash as usual */
-        return;
-    }
-    zl_faults++;
-    if (pthread_mutex_trylock(&zl_be->lock) == 0) {
-        zl_lock_free = 1;
-        pthread_mutex_unlock(&zl_be->lock);
-    }
-    mprotect(zl_page, 2 * MiB, PROT_READ | PROT_WRITE); /* the store runs again */
+    zl_job *j = arg;
+    j->rc = pa_alloc(j->be, MiB, 0, 0, &j->blk, &j->err);
 }
 
 static void test_zero_unlocked(void)
@@ -702,7 +694,7 @@ static void test_zero_unlocked(void)
     pa_err err = {{0}};
     pa_backend *be = NULL;
     pa_option o[] = {{"page_size", "2M"}};
-    pa_block a, b;
+    pa_block a;
     if (pa_open("hugepage", o, 1, &be, &err) < 0) {
         check(0, "open for the unlocked-zeroing check", "%s", err.msg);
         return;
@@ -715,27 +707,16 @@ static void test_zero_unlocked(void)
     memset(a.cpu, 0x5a, a.size);
     char *cpu = a.cpu;
     pa_free(be, &a);
-    struct sigaction sa, old;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = zl_on_fault;
-    sa.sa_flags = SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &old);
-    zl_be = be;
-    zl_page = (char *)((uintptr_t)cpu & ~(uintptr_t)(2 * MiB - 1));
-    zl_faults = 0;
-    zl_lock_free = 0;
-    int mp = mprotect(zl_page, 2 * MiB, PROT_READ);
-    int rc = pa_alloc(be, MiB, 0, 0, &b, &err);
-    mprotect(zl_page, 2 * MiB, PROT_READ | PROT_WRITE);
-    sigaction(SIGSEGV, &old, NULL);
-    check(mp == 0 && rc == 0 && b.cpu == cpu && zl_faults >= 1 && zl_lock_free &&
-              all_zero(b.cpu, b.size),
+    char *page = (char *)((uintptr_t)cpu & ~(uintptr_t)(2 * MiB - 1));
+    zl_job j = {.be = be};
+    fault_probe fp = probe_first_store(&be->lock, page, 2 * MiB, zl_realloc, &j);
+    check(fp.mprotect_rc == 0 && j.rc == 0 && j.blk.cpu == cpu && fp.faults >= 1 &&
+              fp.lock_free && all_zero(j.blk.cpu, j.blk.size),
           "a reused hugepage block is zeroed after the backend lock is let go",
-          "mprotect %d, rc %d %s, same memory %d, faults %d, lock free %d", mp, rc, err.msg,
-          rc == 0 && b.cpu == cpu, (int)zl_faults, (int)zl_lock_free);
-    if (rc == 0) {
-        pa_free(be, &b);
+          "mprotect %d, rc %d %s, same memory %d, faults %d, lock free %d", fp.mprotect_rc,
+          j.rc, j.err.msg, j.rc == 0 && j.blk.cpu == cpu, fp.faults, fp.lock_free);
+    if (j.rc == 0) {
+        pa_free(be, &j.blk);
     }
     pa_close(be);
 }

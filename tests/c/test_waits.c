@@ -7,18 +7,15 @@
  * timing measurement). */
 #define _GNU_SOURCE
 #include "ctest.h"
+#include "faultprobe.h"
 #include "pa.h"
 
 #include <errno.h>
 #include <pthread.h>
 #include <sched.h>
-#include <signal.h>
 #include <stdatomic.h>
-#include <stdint.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <time.h>
-#include <unistd.h>
 
 static atomic_int waits;   /* calls of the waiter */
 static atomic_int waiting; /* a thread is inside the waiter right now */
@@ -77,33 +74,24 @@ static void *hold_lock(void *arg)
 }
 
 /* 4.: the zeroing of a reused block's memory, caught by its first store into
- * a read-only page: was the backend lock free at that moment? */
-static pa_backend *fault_be;
-static void *fault_lo;
-static size_t fault_len;
-static volatile sig_atomic_t faults, lock_free_at_fault;
+ * a read-only page (faultprobe.h): was the backend lock free at that moment? */
+typedef struct realloc_job {
+    pa_backend *be;
+    pa_block blk;
+    int rc;
+    pa_err err;
+} realloc_job;
 
-static void on_fault(int sig, siginfo_t *si, void *uc)
+static void do_realloc(void *arg)
 {
-    (void)sig;
-    (void)uc;
-    uintptr_t a = (uintptr_t)si->si_addr, lo = (uintptr_t)fault_lo;
-    if (a < lo || a >= lo + fault_len) {
-        signal(SIGSEGV, SIG_DFL); /* not ours: crash as usual */
-        return;
-    }
-    faults++;
-    if (pthread_mutex_trylock(&fault_be->lock) == 0) {
-        lock_free_at_fault = 1;
-        pthread_mutex_unlock(&fault_be->lock);
-    }
-    mprotect(fault_lo, fault_len, PROT_READ | PROT_WRITE); /* the store runs again */
+    realloc_job *j = arg;
+    j->rc = pa_alloc(j->be, 1 << 20, 4096, PA_CACHED, &j->blk, &j->err);
 }
 
 static void zeroing_outside_lock(pa_backend *be)
 {
     pa_err err;
-    pa_block a, b;
+    pa_block a;
     if (pa_alloc(be, 1 << 20, 4096, PA_CACHED, &a, &err) < 0) {
         check(0, "alloc for the zeroing check", "%s", err.msg);
         return;
@@ -111,32 +99,20 @@ static void zeroing_outside_lock(pa_backend *be)
     memset(a.cpu, 0xa5, a.size); /* dirty: reusing it means zeroing it */
     void *cpu = a.cpu;
     pa_free(be, &a);
-    struct sigaction sa, old;
-    memset(&sa, 0, sizeof(sa));
-    sa.sa_sigaction = on_fault;
-    sa.sa_flags = SA_SIGINFO;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGSEGV, &sa, &old);
-    fault_be = be;
-    fault_lo = cpu;
-    fault_len = 1 << 20;
-    faults = 0;
-    lock_free_at_fault = 0;
-    mprotect(cpu, fault_len, PROT_READ);
-    int rc = pa_alloc(be, 1 << 20, 4096, PA_CACHED, &b, &err);
-    mprotect(cpu, fault_len, PROT_READ | PROT_WRITE);
-    sigaction(SIGSEGV, &old, NULL);
+    realloc_job j = {.be = be};
+    fault_probe fp = probe_first_store(&be->lock, cpu, 1 << 20, do_realloc, &j);
     size_t nonzero = 0;
-    for (size_t i = 0; rc == 0 && i < b.size; i++) {
-        nonzero += ((unsigned char *)b.cpu)[i] != 0;
+    for (size_t i = 0; j.rc == 0 && i < j.blk.size; i++) {
+        nonzero += ((unsigned char *)j.blk.cpu)[i] != 0;
     }
-    check(rc == 0 && b.cpu == cpu && faults >= 1 && lock_free_at_fault && nonzero == 0,
+    check(fp.mprotect_rc == 0 && j.rc == 0 && j.blk.cpu == cpu && fp.faults >= 1 &&
+              fp.lock_free && nonzero == 0,
           "a reused block is zeroed after the backend lock is let go (other threads' "
           "allocations do not wait behind the stores)",
-          "rc %d, same memory %d, faults %d, lock free %d, nonzero bytes %zu", rc, b.cpu == cpu,
-          (int)faults, (int)lock_free_at_fault, nonzero);
-    if (rc == 0) {
-        pa_free(be, &b);
+          "rc %d, same memory %d, faults %d, lock free %d, nonzero bytes %zu", j.rc,
+          j.blk.cpu == cpu, fp.faults, fp.lock_free, nonzero);
+    if (j.rc == 0) {
+        pa_free(be, &j.blk);
     }
 }
 
