@@ -182,6 +182,12 @@ PRELUDE = """
     import pynq_alloc
     def threads():
         return len(os.listdir("/proc/self/task"))
+    def threads_settled(want):
+        # a joined thread leaves /proc/self/task a moment after the join returns
+        end = time.monotonic() + 10
+        while threads() != want and time.monotonic() < end:
+            time.sleep(0.001)
+        return threads()
     def drain(be):
         end = time.monotonic() + 120
         while be._zeroing()["pending"]:
@@ -211,7 +217,7 @@ def test_close_leaves_no_thread_behind():
     be.close()               # be2 still open: the worker stays
     kept = threads()
     be2.close()              # the last one: joined
-    print(before, during, kept, threads())
+    print(before, during, kept, threads_settled(before))
     """)
     before, during, kept, after = map(int, out.split())
     assert during == before + 1 and kept == before + 1 and after == before
