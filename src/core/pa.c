@@ -406,14 +406,15 @@ static void pa_explain_full(pa_backend *be, pa_err *err)
              (unsigned long long)i.free, (unsigned long long)i.largest_free);
 }
 
+/* be->prep is set by pa_alloc_below around ops->alloc, their only caller */
 void pa_prep_zero(pa_backend *be, void *p, size_t n, bool discard)
 {
     pa_prep *w = be->prep;
     if (n == 0) {
         return;
     }
-    if (w == NULL || w->nzero == PA_PREP_ZERO) {
-        pa_zero(p, n); /* no work list (or a full one): at once */
+    if (w->nzero == PA_PREP_ZERO) {
+        pa_zero(p, n); /* a full list (no backend zeroes more than two ranges): at once */
         return;
     }
     w->zero[w->nzero].p = p;
@@ -425,8 +426,15 @@ void pa_prep_zero(pa_backend *be, void *p, size_t n, bool discard)
 void pa_prep_clean(pa_backend *be, void *p, size_t n)
 {
     pa_prep *w = be->prep;
-    if (w == NULL || w->clean_len != 0) {
-        (void)pa_cache_clean(p, n); /* not reached: pa_alloc always passes a list */
+    if (n == 0) {
+        return;
+    }
+    if (w->clean_len != 0) {
+        /* a second range: clean both, and what lies between (lines of the same block) */
+        char *lo = (char *)w->clean < (char *)p ? (char *)w->clean : (char *)p;
+        char *a = (char *)w->clean + w->clean_len, *b = (char *)p + n;
+        w->clean = lo;
+        w->clean_len = (size_t)((a > b ? a : b) - lo);
         return;
     }
     w->clean = p;

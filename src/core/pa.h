@@ -173,8 +173,7 @@ struct pa_backend {
     uint64_t alloc_max;   /* during ops->alloc (under lock): the highest device address the
                            * block may reach (address_bits); UINT64_MAX for no limit.
                            * Sub-allocators place the block below it; pa.c checks all. */
-    pa_prep *prep;        /* during ops->alloc (under lock): the caller's work list, or NULL
-                           * (then pa_prep_* do the work at once) */
+    pa_prep *prep;        /* during ops->alloc (under lock): pa_alloc's work list */
     const char *low_hint; /* set by open: where this backend's memory comes from and how
                            * to get memory below an address limit (for the error) */
     uint64_t used;        /* bytes live blocks occupy: sum of spans (maintained by pa.c) */
